@@ -1,0 +1,10 @@
+"""Sub-commands of `kubenetem`, one module each, registered in this order.
+
+Each module defines `register(subparsers)`. Shared options and loading live
+in `kubenetem.commands.common`.
+"""
+
+COMMANDS = [
+    "get",
+    "validate",
+]

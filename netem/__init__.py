@@ -1,0 +1,8 @@
+"""netem: the emulated network and the cluster it carries.
+
+Cluster objects from real manifests (and the controllers that fill them in),
+IPv4 addresses as ints, packets and flows, connection tracking; later links
+with netem impairments, topology and routes, and the event clock. Imports
+nothing from the other packages (DESIGN.md: netem <- proxy_modes <- ingress
+<- kubenetem).
+"""

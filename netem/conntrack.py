@@ -1,0 +1,313 @@
+"""Connection tracking as netfilter does it: tuples, NAT, states, timeouts.
+
+An entry holds the original tuple and the reply tuple; NAT is visible as the
+difference between them (after DNAT the reply comes *from* the endpoint, after
+masquerade it goes *to* the node). Both tuples index the same entry, so a
+packet of either direction finds it with one dict lookup.
+
+TCP follows the kernel's state table (`tcp_conntracks[2][6][10]` in
+net/netfilter/nf_conntrack_proto_tcp.c, indexed by direction, the packet's
+flag class and the current state), UDP the two-timeout rule of
+nf_conntrack_proto_udp.c (30 s until a reply is seen, then 120 s), and the
+timeouts are the kernel's sysctl defaults (net.netfilter.nf_conntrack_*),
+optionally overridden as kube-proxy does from its `conntrack` configuration.
+Expiry is driven by the caller's `now`; nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .addr import int_to_ip
+from .packet import ACK, FIN, RST, SCTP, SYN, TCP, UDP, Flow, proto_name, reply_flow
+
+# TCP conntrack states, in the kernel's order (enum tcp_conntrack).
+NONE, SYN_SENT, SYN_RECV, ESTABLISHED, FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE, SYN_SENT2 = range(10)
+INVALID = 10  # sIV
+IGNORE = 11  # sIG
+TCP_STATE_NAMES = (
+    "NONE",
+    "SYN_SENT",
+    "SYN_RECV",
+    "ESTABLISHED",
+    "FIN_WAIT",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "TIME_WAIT",
+    "CLOSE",
+    "SYN_SENT2",
+)
+
+ORIGINAL, REPLY = 0, 1
+
+# Packet classes (enum tcp_bit_set): which row of the table a segment uses.
+_SYN, _SYNACK, _FIN, _ACK, _RST, _NONE = range(6)
+
+_NO, _SS, _SR, _ES, _FW, _CW, _LA, _TW, _CL, _S2, _IV, _IG = range(12)
+# tcp_conntracks[direction][packet class][state] -> new state, restated from
+# nf_conntrack_proto_tcp.c (columns: NONE SYN_SENT SYN_RECV ESTABLISHED
+# FIN_WAIT CLOSE_WAIT LAST_ACK TIME_WAIT CLOSE SYN_SENT2).
+_TCP_TABLE: tuple[tuple[tuple[int, ...], ...], ...] = (
+    (  # ORIGINAL
+        (_SS, _SS, _IG, _IG, _IG, _IG, _IG, _SS, _SS, _S2),  # syn
+        (_IV, _IV, _IG, _IG, _IG, _IG, _IG, _IG, _IG, _SR),  # synack
+        (_IV, _IV, _FW, _FW, _LA, _LA, _LA, _TW, _CL, _IV),  # fin
+        (_ES, _IV, _ES, _ES, _CW, _CW, _TW, _TW, _CL, _IV),  # ack
+        (_IV, _CL, _CL, _CL, _CL, _CL, _CL, _CL, _CL, _CL),  # rst
+        (_IV,) * 10,  # none
+    ),
+    (  # REPLY
+        (_IV, _S2, _IV, _IV, _IV, _IV, _IV, _IV, _IV, _S2),  # syn
+        (_IV, _SR, _IG, _IG, _IG, _IG, _IG, _IG, _IG, _SR),  # synack
+        (_IV, _IV, _FW, _FW, _LA, _LA, _LA, _TW, _CL, _IV),  # fin
+        (_IV, _IG, _SR, _ES, _CW, _CW, _TW, _TW, _CL, _IG),  # ack
+        (_IV, _CL, _CL, _CL, _CL, _CL, _CL, _CL, _CL, _CL),  # rst
+        (_IV,) * 10,  # none
+    ),
+)
+
+
+def tcp_packet_class(flags: int) -> int:
+    """get_conntrack_index(): RST wins, then SYN (with or without ACK), FIN, ACK."""
+    if flags & RST:
+        return _RST
+    if flags & SYN:
+        return _SYNACK if flags & ACK else _SYN
+    if flags & FIN:
+        return _FIN
+    if flags & ACK:
+        return _ACK
+    return _NONE
+
+
+def tcp_next_state(direction: int, flags: int, state: int) -> int:
+    return _TCP_TABLE[direction][tcp_packet_class(flags)][state]
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds per state; the defaults are the kernel's sysctl defaults."""
+
+    tcp: tuple[float, ...] = (
+        0,
+        120,
+        60,
+        432000,
+        120,
+        60,
+        30,
+        120,
+        10,
+        120,  # indexed by TCP state
+    )
+    udp_unreplied: float = 30  # nf_conntrack_udp_timeout
+    udp_replied: float = 120  # nf_conntrack_udp_timeout_stream
+    sctp_established: float = 210  # nf_conntrack_sctp_timeout_established
+    sctp_other: float = 3  # cookie_wait / cookie_echoed
+    generic: float = 600  # nf_conntrack_generic_timeout
+
+    def with_kube_proxy(
+        self,
+        tcp_established: float | None = 86400,
+        tcp_close_wait: float | None = 3600,
+        udp: float | None = None,
+        udp_stream: float | None = None,
+    ) -> Timeouts:
+        """The sysctls kube-proxy sets at start-up (KubeProxyConntrackConfiguration;
+        defaults tcpEstablishedTimeout 24h and tcpCloseWaitTimeout 1h)."""
+        tcp = list(self.tcp)
+        if tcp_established:
+            tcp[ESTABLISHED] = tcp_established
+        if tcp_close_wait:
+            tcp[CLOSE_WAIT] = tcp_close_wait
+        return replace(
+            self,
+            tcp=tuple(tcp),
+            udp_unreplied=udp or self.udp_unreplied,
+            udp_replied=udp_stream or self.udp_replied,
+        )
+
+
+KERNEL_TIMEOUTS = Timeouts()
+
+# Entry status bits (a subset of enum ip_conntrack_status).
+SEEN_REPLY = 0x2
+ASSURED = 0x4
+SRC_NAT = 0x10
+DST_NAT = 0x20
+
+
+@dataclass(slots=True, eq=False)
+class CtEntry:
+    orig: Flow
+    reply: Flow
+    state: int  # TCP state; for UDP/SCTP/other: NONE until a reply, then ESTABLISHED
+    expires: float
+    status: int = 0
+    mark: int = 0
+    # What the mode that created the entry wants to remember about the flow
+    # (e.g. the endpoint an IPVS connection went to). Never interpreted here.
+    data: object = None
+
+    @property
+    def dnat(self) -> tuple[int, int] | None:
+        """The (address, port) the original destination was translated to."""
+        _, rsrc, rsport, _, _ = self.reply
+        _, _, _, odst, odport = self.orig
+        return None if (rsrc, rsport) == (odst, odport) else (rsrc, rsport)
+
+    @property
+    def snat(self) -> tuple[int, int] | None:
+        """The (address, port) the original source was translated to."""
+        _, _, _, rdst, rdport = self.reply
+        _, osrc, osport, _, _ = self.orig
+        return None if (rdst, rdport) == (osrc, osport) else (rdst, rdport)
+
+    def state_name(self) -> str:
+        return TCP_STATE_NAMES[self.state] if self.orig[0] in (TCP, SCTP) else ""
+
+
+@dataclass(slots=True)
+class Conntrack:
+    """The connection table of one network namespace (one node)."""
+
+    timeouts: Timeouts = KERNEL_TIMEOUTS
+    _by_tuple: dict[Flow, tuple[CtEntry, int]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self._by_tuple) // 2
+
+    def lookup(self, flow: Flow, now: float) -> tuple[CtEntry, int] | None:
+        """The entry a packet with this tuple belongs to and its direction."""
+        hit = self._by_tuple.get(flow)
+        if hit is None:
+            return None
+        if hit[0].expires <= now:
+            self._remove(hit[0])
+            return None
+        return hit
+
+    def reply_tuple_taken(self, flow: Flow, now: float) -> bool:
+        return self.lookup(flow, now) is not None
+
+    def create(
+        self,
+        orig: Flow,
+        now: float,
+        dnat: tuple[int, int] | None = None,
+        snat: tuple[int, int] | None = None,
+        flags: int = SYN,
+        mark: int = 0,
+        data: object = None,
+    ) -> CtEntry | None:
+        """Confirm a new connection (the packet has passed every hook).
+
+        Returns None for a TCP segment that cannot open a connection (the
+        kernel marks it INVALID and tracks nothing), e.g. a bare FIN.
+        """
+        proto = orig[0]
+        state = NONE
+        if proto == TCP:
+            state = tcp_next_state(ORIGINAL, flags, NONE)
+            if state >= _IV:
+                return None
+        reply = reply_flow(orig)
+        if dnat is not None:
+            reply = (proto, dnat[0], dnat[1], reply[3], reply[4])
+        status = DST_NAT if dnat is not None else 0
+        if snat is not None:
+            reply = self._unique_snat_reply(reply, snat, now)
+            status |= SRC_NAT
+        entry = CtEntry(orig, reply, state, now + self._timeout(proto, state, False), status, mark, data)
+        self._by_tuple[orig] = (entry, ORIGINAL)
+        self._by_tuple[reply] = (entry, REPLY)
+        return entry
+
+    def _unique_snat_reply(self, reply: Flow, snat: tuple[int, int], now: float) -> Flow:
+        """Keep the source port when free, else take the next free one, as
+        nf_nat_l4proto_unique_tuple() searches the port range on a clash."""
+        proto, rsrc, rsport, _, _ = reply
+        addr, port = snat
+        candidate = (proto, rsrc, rsport, addr, port)
+        tries = 0
+        while candidate in self._by_tuple and self.lookup(candidate, now) is not None:
+            port = 1024 + (port - 1024 + 1) % (65536 - 1024) if port >= 1024 else port + 1
+            candidate = (proto, rsrc, rsport, addr, port)
+            tries += 1
+            if tries > 65535:
+                break
+        return candidate
+
+    def update(self, entry: CtEntry, direction: int, flags: int, now: float) -> bool:
+        """Account one more packet of a tracked connection; False if invalid."""
+        proto = entry.orig[0]
+        if direction == REPLY:
+            entry.status |= SEEN_REPLY
+        if proto == TCP:
+            new = tcp_next_state(direction, flags, entry.state)
+            if new == _IV:
+                return False
+            if new != _IG:
+                if new == ESTABLISHED and entry.state != ESTABLISHED and entry.status & SEEN_REPLY:
+                    entry.status |= ASSURED
+                entry.state = new
+        elif entry.status & SEEN_REPLY:
+            entry.state = ESTABLISHED
+            if direction == ORIGINAL:
+                entry.status |= ASSURED
+        entry.expires = now + self._timeout(proto, entry.state, bool(entry.status & SEEN_REPLY))
+        return True
+
+    def _timeout(self, proto: int, state: int, replied: bool) -> float:
+        t = self.timeouts
+        if proto == TCP:
+            return t.tcp[state]
+        if proto == UDP:
+            return t.udp_replied if replied else t.udp_unreplied
+        if proto == SCTP:
+            return t.sctp_established if replied else t.sctp_other
+        return t.generic
+
+    def delete(self, entry: CtEntry) -> None:
+        self._remove(entry)
+
+    def _remove(self, entry: CtEntry) -> None:
+        self._by_tuple.pop(entry.orig, None)
+        self._by_tuple.pop(entry.reply, None)
+
+    def expire(self, now: float) -> int:
+        """Drop every entry whose timer has run out; returns how many."""
+        dead = {id(e): e for e, d in self._by_tuple.values() if d == ORIGINAL and e.expires <= now}
+        for entry in dead.values():
+            self._remove(entry)
+        return len(dead)
+
+    def entries(self) -> list[CtEntry]:
+        return [e for e, d in self._by_tuple.values() if d == ORIGINAL]
+
+    def flush(self) -> None:
+        self._by_tuple.clear()
+
+    def dump(self, now: float) -> str:
+        """The table as `conntrack -L` prints it."""
+        return "".join(format_entry(e, now) + "\n" for e in self.entries() if e.expires > now)
+
+
+def format_entry(entry: CtEntry, now: float) -> str:
+    proto = entry.orig[0]
+    parts = [f"{proto_name(proto):<8} {proto} {max(0, int(entry.expires - now))}"]
+    if proto == TCP:
+        parts.append(TCP_STATE_NAMES[entry.state])
+    parts.append(_tuple_text(entry.orig))
+    if not entry.status & SEEN_REPLY:
+        parts.append("[UNREPLIED]")
+    parts.append(_tuple_text(entry.reply))
+    if entry.status & ASSURED:
+        parts.append("[ASSURED]")
+    parts.append(f"mark={entry.mark} use=1")
+    return " ".join(parts)
+
+
+def _tuple_text(flow: Flow) -> str:
+    _, src, sport, dst, dport = flow
+    return f"src={int_to_ip(src)} dst={int_to_ip(dst)} sport={sport} dport={dport}"
