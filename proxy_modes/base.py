@@ -13,6 +13,14 @@ A mode is built with the caller's seeded `random.Random`, `sync`s from a
   probability. Its JSON shape is shared by all modes (see `Trace.to_json`).
 - `dump()`: the ruleset in the real tool's format.
 
+`trace()` changes state exactly as `route()` does (conntrack entries,
+affinity, scheduler positions): tracing a packet is sending it.
+
+Optional, by mode: `load_capture(text, local_ips, filename)` replaces `sync`
+with a ruleset captured on a real node (`kubenetem trace --iptables-save`
+etc.), and `dump_with(show=, fmt=, stats=, rate=)` renders other views of the
+state (`kubenetem rules --show ipsets`).
+
 Modes never import each other; what they share lives here and in `view`.
 """
 
@@ -112,6 +120,31 @@ class Trace:
         if self.sequence is not None:
             out["sequence"] = self.sequence
         return out
+
+    def to_text(self) -> str:
+        """The trace as a story: what happened, step by step, then the outcome."""
+        p, d = self.packet, self.decision
+        lines = [
+            f"{self.mode}: {proto_name(p.proto)} {int_to_ip(p.src)}:{p.sport} -> {int_to_ip(p.dst)}:{p.dport}"
+            + (" (sent by the node itself)" if p.local else "")
+        ]
+        lines += [f"  {n:>2}. {step.text}" for n, step in enumerate(self.steps, start=1)]
+        outcome = {
+            Verdict.DNAT: f"DNAT to {d.endpoint_text()}",
+            Verdict.ACCEPT: "ACCEPT (not a service address: delivered or routed unchanged)",
+            Verdict.DROP: "DROP (silently discarded: the client times out)",
+            Verdict.REJECT: "REJECT (ICMP port unreachable: the client sees connection refused)",
+        }[d.verdict]
+        lines.append(f"  => {outcome}" + (", masqueraded to the node's address" if d.masquerade else ""))
+        if self.affinity:
+            lines.append(f"  session affinity: {self.affinity}")
+        if self.endpoints:
+            lines.append("  a new connection could reach:")
+            lines += [f"    {int_to_ip(r.ip)}:{r.port}  p={probability_text(r.probability)}" for r in self.endpoints]
+        lines.append(f"  cost: {d.rules} rules evaluated, {d.lookups} lookups")
+        if self.sequence is not None:
+            lines.append(f"  {len(self.sequence)} connections reached, in order: " + " ".join(self.sequence))
+        return "\n".join(lines) + "\n"
 
 
 @dataclass(slots=True)

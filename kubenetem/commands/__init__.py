@@ -7,4 +7,6 @@ in `kubenetem.commands.common`.
 COMMANDS = [
     "get",
     "validate",
+    "rules",
+    "trace",
 ]
