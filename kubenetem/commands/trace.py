@@ -109,12 +109,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def sequence(
-    mode: ProxyMode, proto: int, src: int, sport: int, dst: int, dport: int, count: int, local: bool
+    mode: ProxyMode, proto: int, src: int, sport: int, dst: int, dport: int, count: int, local: bool, start: int = 0
 ) -> list[str]:
-    """N new connections, source port counting up from `sport` (wrapping in
-    the ephemeral range), each routed at its own instant."""
+    """New connections number `start` to `count - 1`: the source port counts
+    up from `sport` (wrapping above 1023), each routed 1 ms after the last."""
     out = []
-    for n in range(count):
+    for n in range(start, count):
         port = 1024 + (sport - 1024 + n) % (65536 - 1024)
         decision = mode.route(Packet(proto, src, port, dst, dport, local=local), float(n) * 0.001)
         out.append(
