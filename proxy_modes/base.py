@@ -26,7 +26,6 @@ Modes never import each other; what they share lives here and in `view`.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from enum import StrEnum
 from fractions import Fraction
@@ -170,14 +169,7 @@ class ProxyMode(Protocol):
     def dump(self) -> str: ...
 
 
-ModeFactory = Any  # a callable (rng: random.Random) -> ProxyMode; see registry
-
-
 def probability_text(p: Fraction | float) -> str:
     if isinstance(p, Fraction) and p.denominator != 1:
         return f"{p.numerator}/{p.denominator} ({float(p):.4f})"
     return f"{float(p):.4f}"
-
-
-def new_rng(seed: int | None) -> random.Random:
-    return random.Random(seed)

@@ -9,11 +9,14 @@ mode is a clear error instead of an import failure.
 from __future__ import annotations
 
 import importlib
-import random
+from typing import TYPE_CHECKING
 
 from netem.errors import UsageError
 
 from .base import ProxyMode
+
+if TYPE_CHECKING:
+    import random
 
 MODES: dict[str, tuple[str, str]] = {
     # filled in as modes land: name -> (module, class)
