@@ -1,0 +1,201 @@
+"""The iptables proxy mode: kube-proxy's rules (`rules.py`) loaded into the
+netfilter engine (`engine.py`), behind the protocol every mode shares.
+
+`sync()` renders what kube-proxy would write and applies it the way
+kube-proxy does (`iptables-restore --noflush`, partial after the first
+sync), so the engine holds exactly what the node's kernel would; then
+`route()`/`trace()` send packets through it. `load_capture()` swaps the
+rendered rules for a real node's `iptables-save` (`kubenetem trace
+--iptables-save FILE`). After a sync, UDP conntrack entries that point at
+an endpoint that is gone are deleted, as kube-proxy's conntrack cleanup does
+(pkg/proxy/conntrack/cleanup.go), so UDP flows move; TCP ones keep theirs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from netem.addr import int_to_ip
+from netem.conntrack import KERNEL_TIMEOUTS, Conntrack
+from netem.errors import RulesetError, UsageError, Where
+from netem.packet import SCTP, UDP, Packet
+from proxy_modes.base import Decision, Ruleset, Trace
+from proxy_modes.changes import diff_states
+from proxy_modes.view import NodeView, ProxyState, ServicePortName
+
+from . import rules, syntax, xt
+from .engine import Netfilter
+from .syntax import RuleCache, Tables
+
+if TYPE_CHECKING:
+    import random
+
+
+class IptablesMode:
+    name = "iptables"
+
+    def __init__(self, rng: random.Random, random_fully: bool = True, nfacct: bool = False) -> None:
+        self.rng = rng
+        self.renderer = rules.Renderer(random_fully, nfacct)
+        self.cache = RuleCache()
+        self.nf: Netfilter | None = None
+        self.state: ProxyState | None = None
+        self.node: tuple[str, tuple[int, ...]] | None = None
+        self.last: rules.Rendered | None = None
+        self.captured: str | None = None
+        self.labels: dict[str, object] = {}
+
+    # --- rules ------------------------------------------------------------
+
+    def sync(self, view: NodeView) -> Ruleset:
+        node = (view.node_name, view.node_ips)
+        fresh = self.nf is None or self.captured is not None or node != self.node
+        changed = None if fresh or self.state is None else diff_states(self.state, view.state)
+        rendered = self.renderer.sync(view, None if changed is None else changed.keys())
+        self._label(rendered)
+        if fresh:
+            text = rules.node_text(rendered.full, self._localhost())
+            tables = syntax.restore(None, text, "kube-proxy", cache=self.cache)
+            cfg = view.config
+            timeouts = KERNEL_TIMEOUTS.with_kube_proxy(
+                cfg.conntrack_tcp_established,
+                cfg.conntrack_tcp_close_wait,
+                cfg.conntrack_udp or None,
+                cfg.conntrack_udp_stream or None,
+            )
+            self.nf = Netfilter(tables, view.node_ips, rng=self.rng, conntrack=Conntrack(timeouts), labels=self.labels)
+        else:
+            assert self.nf is not None
+            self.nf.restore(rendered.text, noflush=True, filename="kube-proxy", cache=self.cache)
+            if changed:
+                self._clean_udp(view)
+        self.state, self.node, self.last, self.captured = view.state, node, rendered, None
+        return Ruleset(rendered.text, rendered.rules, rendered.partial, rendered.changed)
+
+    def _localhost(self) -> bool:
+        settings = self.renderer.settings
+        return settings is not None and settings.localhost_nodeports
+
+    def _label(self, rendered: rules.Rendered) -> None:
+        """Chain -> service port, so a decision can name its service."""
+        for name in rendered.deleted:
+            self.labels.pop(name, None)
+        for spn, frag in rendered.written:
+            for chain in frag.chains:
+                self.labels[chain] = spn
+
+    def _clean_udp(self, view: NodeView) -> None:
+        """pkg/proxy/conntrack/cleanup.go: delete UDP/SCTP entries whose
+        service address is a current service port but whose endpoint no
+        longer serves it."""
+        assert self.nf is not None
+        serving: dict[tuple[int, int, int], set[tuple[int, int]]] = {}
+        for info in view.service_ports():
+            if info.protocol not in (UDP, SCTP):
+                continue
+            eps = {(ep.ip, ep.port) for ep in view.categorize(info).all_reachable}
+            for ip in (info.cluster_ip, *info.external_ips, *info.lb_vips):
+                serving[(info.protocol, ip, info.port)] = eps
+        ct = self.nf.conntrack
+        for entry in ct.entries():
+            proto, _, _, dst, dport = entry.orig
+            want = serving.get((proto, dst, dport))
+            if want is not None and entry.dnat is not None and entry.dnat not in want:
+                ct.delete(entry)
+
+    def load_capture(self, text: str, local_ips: list[int], filename: str) -> None:
+        """Trace through a real node's `iptables-save` instead of rendered rules."""
+        tables = syntax.parse_save(text, filename)
+        for table in tables.values():
+            for chain in table.chains.values():
+                for rule in chain.rules:
+                    for match in rule.matches:
+                        if isinstance(match, xt.SetMatch):
+                            raise RulesetError(
+                                f"rule uses ipset {match.set_name!r}, whose members a captured iptables-save"
+                                " does not contain (for IPVS nodes use --ipvsadm-save)",
+                                Where(file=f"{filename}: line {rule.line}"),
+                            )
+        if not local_ips:
+            raise UsageError("--iptables-save needs --local-ip IP (the node's address; repeatable)")
+        self.labels = capture_labels(tables)
+        self.nf = Netfilter(tables, local_ips, rng=self.rng, labels=self.labels)
+        self.captured = text
+        self.state = None
+
+    # --- packets ------------------------------------------------------------
+
+    def _engine(self) -> Netfilter:
+        if self.nf is None:
+            raise UsageError("the iptables mode has no rules yet: sync a view or load a capture first")
+        return self.nf
+
+    def route(self, packet: Packet, now: float) -> Decision:
+        return self._engine().route(packet, now)
+
+    def trace(self, packet: Packet, now: float) -> Trace:
+        seen = self._engine().trace(packet, now)
+        reach = sorted(seen.reach, key=lambda r: (r.ip, r.port))
+        affinity = None
+        if seen.affinity is not None and seen.decision.endpoint is not None:
+            affinity = f"hit: {seen.decision.endpoint_text()} (recent list {seen.affinity})"
+        return Trace(self.name, packet, seen.decision, reach, seen.steps, affinity)
+
+    # --- output ---------------------------------------------------------------
+
+    def dump(self) -> str:
+        if self.captured is not None:
+            return self.captured
+        if self.last is None:
+            raise UsageError("the iptables mode has no rules yet")
+        return rules.node_text(self.last.full, self._localhost())
+
+    def dump_with(
+        self, show: str | None = None, fmt: str | None = None, stats: bool = False, rate: bool = False
+    ) -> str:
+        if show is not None or stats or rate:
+            raise UsageError("the iptables mode has no --show, --stats or --rate (try --format restore or save)")
+        if fmt in (None, "node"):
+            return self.dump()
+        if fmt == "restore":
+            if self.last is None:
+                raise UsageError("the iptables mode has no rendered rules (a capture was loaded)")
+            return self.last.full
+        if fmt == "save":
+            return syntax.save(self._engine().tables)
+        raise UsageError(f"unknown --format {fmt!r} for the iptables mode (node, restore, save)")
+
+    @property
+    def tables(self) -> Tables:
+        return self._engine().tables
+
+
+def capture_labels(tables: Tables) -> dict[str, object]:
+    """Service names for a captured ruleset, from kube-proxy's comments: a
+    rule `--comment "ns/name:port cluster IP" ... -j KUBE-SVC-...` names the
+    chain it jumps to, and so do its KUBE-NODEPORTS and endpoint rules."""
+    labels: dict[str, object] = {}
+    nat = tables.get("nat")
+    if nat is None:
+        return labels
+    suffixes = (" cluster IP", " external IP", " loadbalancer IP")
+    for chain in nat.chains.values():
+        for rule in chain.rules:
+            target = rule.target.name
+            if rule.comment is None or rule.target.kind not in (xt.T_JUMP, xt.T_GOTO):
+                continue
+            name = rule.comment
+            for suffix in suffixes:
+                name = name.removesuffix(suffix)
+            if chain.name in (rules.KUBE_SERVICES, rules.KUBE_NODEPORTS):
+                labels.setdefault(target, name)
+            elif " -> " in name:
+                labels.setdefault(target, name.split(" -> ")[0])
+    return labels
+
+
+def describe_endpoint(ep: tuple[int, int]) -> str:
+    return f"{int_to_ip(ep[0])}:{ep[1]}"
+
+
+__all__ = ["IptablesMode", "ServicePortName"]

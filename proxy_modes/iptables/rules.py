@@ -1,0 +1,533 @@
+"""The rules kube-proxy's iptables mode writes, from one node's view.
+
+Restated from pkg/proxy/iptables/proxier.go (syncProxyRules,
+writeServiceToEndpointRules, iptablesJumpChains): the same chains, names
+(sha256 + base32 of `ns/name:port` + protocol, 16 characters; endpoint
+chains also hash `ip:port`), comments, probabilities (1/(n-i) with 10
+decimals), marks and order of lines, so the text can be loaded with
+`iptables-restore` and diffed against a real node.
+
+Each service port renders to a `ServiceRules` fragment, cached while its
+view entry is unchanged. A full sync writes every fragment; a partial sync
+(what kube-proxy does between full syncs) writes the top-level chains whole
+but only the changed services' own chains (KUBE-SVC/SVL/EXT/FW/SEP), plus
+`-X` for chains no longer used. Applied with `iptables-restore --noflush`
+to the previous rules, it yields exactly the full render (a property test
+holds this).
+
+Choices where kube-proxy depends on the host: `--random-fully` on the
+MASQUERADE rule (iptables >= 1.6.2, i.e. every current node) is written;
+the `-m nfacct` counters of kube-proxy >= 1.29 are written only with
+`nfacct=True` (they need the nfnetlink_acct objects, which this kernel lacks,
+and kube-proxy leaves them out when it cannot create them); the INVALID drop
+in KUBE-FORWARD is written (nf_conntrack_tcp_be_liberal=0, the default).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from base64 import b32encode
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from netem.addr import int_to_ip
+from netem.objects import ProxyConfig
+from proxy_modes.view import EndpointInfo, NamespacedName, NodeView, ServicePortInfo, ServicePortName
+
+# pkg/proxy/iptables/proxier.go
+KUBE_SERVICES = "KUBE-SERVICES"
+KUBE_EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"
+KUBE_NODEPORTS = "KUBE-NODEPORTS"
+KUBE_POSTROUTING = "KUBE-POSTROUTING"
+KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
+KUBE_FORWARD = "KUBE-FORWARD"
+KUBE_PROXY_FIREWALL = "KUBE-PROXY-FIREWALL"
+KUBE_FIREWALL = "KUBE-FIREWALL"  # kubelet's, duplicated by kube-proxy
+LARGE_CLUSTER_ENDPOINTS = 1000  # largeClusterEndpointsThreshold
+SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-SEP-", "KUBE-FW-", "KUBE-EXT-")
+LOCALHOST_NODEPORT_COUNTER = "localhost_nps_accepted_pkts"  # metrics.LocalhostNodePortAcceptedNFAcctCounter
+INVALID_DROP_COUNTER = "ct_state_invalid_dropped_pkts"  # metrics.IPTablesCTStateInvalidDroppedNFAcctCounter
+
+# iptablesJumpChains (+ iptablesKubeletJumpChains): the rules kube-proxy
+# keeps in the built-in chains with `iptables -I` (EnsureRule Prepend).
+# (table, chain jumped to, built-in chain, comment, extra match arguments)
+JUMP_CHAINS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("filter", KUBE_EXTERNAL_SERVICES, "INPUT", "kubernetes externally-visible service portals", "NEW"),
+    ("filter", KUBE_EXTERNAL_SERVICES, "FORWARD", "kubernetes externally-visible service portals", "NEW"),
+    ("filter", KUBE_NODEPORTS, "INPUT", "kubernetes health check service ports", ""),
+    ("filter", KUBE_SERVICES, "FORWARD", "kubernetes service portals", "NEW"),
+    ("filter", KUBE_SERVICES, "OUTPUT", "kubernetes service portals", "NEW"),
+    ("filter", KUBE_FORWARD, "FORWARD", "kubernetes forwarding rules", ""),
+    ("filter", KUBE_PROXY_FIREWALL, "INPUT", "kubernetes load balancer firewall", "NEW"),
+    ("filter", KUBE_PROXY_FIREWALL, "OUTPUT", "kubernetes load balancer firewall", "NEW"),
+    ("filter", KUBE_PROXY_FIREWALL, "FORWARD", "kubernetes load balancer firewall", "NEW"),
+    ("nat", KUBE_SERVICES, "OUTPUT", "kubernetes service portals", ""),
+    ("nat", KUBE_SERVICES, "PREROUTING", "kubernetes service portals", ""),
+    ("nat", KUBE_POSTROUTING, "POSTROUTING", "kubernetes postrouting rules", ""),
+)
+BUILTIN = {"filter": ("INPUT", "FORWARD", "OUTPUT"), "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")}
+
+
+def _hash16(text: str) -> str:
+    return b32encode(hashlib.sha256(text.encode()).digest())[:16].decode()
+
+
+def port_proto_hash(name: str, protocol: str) -> str:
+    """portProtoHash: base32(sha256(`ns/name:port` + protocol))[:16]."""
+    return _hash16(name + protocol)
+
+
+def service_chain(name: str, protocol: str) -> str:
+    return "KUBE-SVC-" + port_proto_hash(name, protocol)
+
+
+def local_chain(name: str, protocol: str) -> str:
+    return "KUBE-SVL-" + port_proto_hash(name, protocol)
+
+
+def firewall_chain(name: str, protocol: str) -> str:
+    return "KUBE-FW-" + port_proto_hash(name, protocol)
+
+
+def external_chain(name: str, protocol: str) -> str:
+    return "KUBE-EXT-" + port_proto_hash(name, protocol)
+
+
+def endpoint_chain(name: str, protocol: str, endpoint: str) -> str:
+    """servicePortEndpointChainName: the hash also covers `ip:port`."""
+    return "KUBE-SEP-" + _hash16(name + protocol + endpoint)
+
+
+def is_service_chain(name: str) -> bool:
+    return name.startswith(SERVICE_CHAIN_PREFIXES)
+
+
+def probability(n: int) -> str:
+    """computeProbability: fmt.Sprintf("%0.10f", 1.0/float64(n))."""
+    return f"{1.0 / n:0.10f}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the rules depend on besides the services: the node and KubeProxyConfiguration."""
+
+    node_ip: int
+    node_ips: tuple[int, ...]
+    mark: str  # the masquerade mark as kube-proxy prints it ("%#08x": 0x00004000)
+    masquerade_all: bool
+    local_if: str  # the local-traffic detector's "is local" arguments ("" = not implemented)
+    local_if_not: str
+    localhost_nodeports: bool
+    nodeport_ips: tuple[str, ...] | None  # None = every local address (addrtype LOCAL)
+    random_fully: bool = True
+    nfacct: bool = False
+    tcp_be_liberal: bool = False
+
+
+def settings_for(view: NodeView, random_fully: bool = True, nfacct: bool = False) -> Settings:
+    cfg = view.config
+    local_if, local_if_not = local_detector(cfg, view)
+    nodeport_ips, loopback = _nodeport_addresses(cfg, view)
+    return Settings(
+        node_ip=view.node_ips[0] if view.node_ips else 0,
+        node_ips=view.node_ips,
+        # NewProxier: masqueradeMark := fmt.Sprintf("%#08x", 1<<masqueradeBit) (Go pads
+        # the digits to 8, then adds 0x).
+        mark=f"0x{1 << cfg.masquerade_bit:08x}",
+        masquerade_all=cfg.masquerade_all,
+        local_if=local_if,
+        local_if_not=local_if_not,
+        localhost_nodeports=cfg.localhost_node_ports and loopback,
+        nodeport_ips=nodeport_ips,
+        random_fully=random_fully,
+        nfacct=nfacct,
+    )
+
+
+def local_detector(cfg: ProxyConfig, view: NodeView) -> tuple[str, str]:
+    """pkg/proxy/util/localdetector.go: the arguments for IfLocal / IfNotLocal."""
+    mode = cfg.detect_local_mode
+    if mode == "ClusterCIDR" and cfg.cluster_cidrs:
+        cidr = str(cfg.cluster_cidrs[0])
+        return f"-s {cidr}", f"! -s {cidr}"
+    if mode == "NodeCIDR" and view.pod_cidrs:
+        cidr = str(view.pod_cidrs[0])
+        return f"-s {cidr}", f"! -s {cidr}"
+    if mode == "BridgeInterface" and cfg.detect_local_bridge:
+        return f"-i {cfg.detect_local_bridge}", f"! -i {cfg.detect_local_bridge}"
+    if mode == "InterfaceNamePrefix" and cfg.detect_local_prefix:
+        return f"-i {cfg.detect_local_prefix}+", f"! -i {cfg.detect_local_prefix}+"
+    return "", ""
+
+
+def _nodeport_addresses(cfg: ProxyConfig, view: NodeView) -> tuple[tuple[str, ...] | None, bool]:
+    """NodePortAddresses (pkg/proxy/util/nodeport_addresses.go): empty means
+    every address (and so loopback too); otherwise the node's addresses
+    (with 127.0.0.1 on lo) inside the given CIDRs, or its primary IP."""
+    from netem.addr import parse_cidr
+
+    if not cfg.node_port_addresses:
+        return None, True
+    candidates = [*view.node_ips, 0x7F000001]
+    chosen: list[int] = []
+    loopback = False
+    for text in cfg.node_port_addresses:
+        if text == "primary":
+            picks = list(view.node_ips[:1])
+        else:
+            cidr = parse_cidr(text, strict=False)
+            picks = [ip for ip in candidates if ip in cidr]
+            loopback = loopback or 0x7F000001 in cidr
+        chosen += [ip for ip in picks if ip not in chosen]
+    return tuple(int_to_ip(ip) for ip in chosen), loopback
+
+
+@dataclass
+class ServiceRules:
+    """One service port's share of the restore input."""
+
+    filter: list[str] = field(default_factory=list)  # filter rule lines, in write order
+    top: list[str] = field(default_factory=list)  # nat KUBE-SERVICES / KUBE-NODEPORTS lines
+    chains: list[str] = field(default_factory=list)  # nat chains it owns (SVC/SVL/EXT/FW/SEP)
+    nat: list[str] = field(default_factory=list)  # nat rule lines of those chains
+    endpoints: int = 0  # all endpoints (large-cluster mode counts them)
+
+
+def render_service(
+    view: NodeView, info: ServicePortInfo, s: Settings, large: bool, endpoints: tuple[EndpointInfo, ...]
+) -> ServiceRules:
+    """syncProxyRules' loop body for one service port."""
+    out = ServiceRules(endpoints=len(endpoints))
+    cat = view.categorize(info)
+    name = str(info.name)
+    proto = info.name.protocol.lower()
+    svc_chain, svl_chain = service_chain(name, proto), local_chain(name, proto)
+    ext_chain, fw_chain = external_chain(name, proto), firewall_chain(name, proto)
+    uses_cluster = bool(cat.cluster) and info.uses_cluster_endpoints
+    uses_local = bool(cat.local) and info.uses_local_endpoints
+    has_endpoints = cat.has_any
+    internal_chain, has_internal = svc_chain, has_endpoints
+    if info.internal_policy_local:
+        internal_chain = svl_chain
+        has_internal = has_internal and bool(cat.local)
+    external_policy_chain, has_external = svc_chain, has_endpoints
+    if info.external_policy_local:
+        external_policy_chain = svl_chain
+        has_external = has_external and bool(cat.local)
+    uses_ext = has_endpoints and info.externally_accessible
+    lb_chain = ext_chain
+    uses_fw = has_endpoints and bool(info.lb_vips) and bool(info.lb_source_ranges)
+    if uses_fw:
+        lb_chain = fw_chain
+    if not has_endpoints:
+        int_target, int_comment = "REJECT", f'"{name} has no endpoints"'
+        ext_target, ext_comment = "REJECT", int_comment
+    else:
+        int_target, int_comment = "DROP", f'"{name} has no local endpoints"'
+        ext_target, ext_comment = "DROP", int_comment
+    match = f"-m {proto} -p {proto}"
+    cip = int_to_ip(info.cluster_ip)
+    port = info.port
+    dest = f"{match} -d {cip} --dport {port}"
+    filt, top = out.filter, out.top
+
+    # Capture the clusterIP.
+    if has_internal:
+        top.append(f'-A {KUBE_SERVICES} -m comment --comment "{name} cluster IP" {dest} -j {internal_chain}')
+    else:
+        filt.append(f"-A {KUBE_SERVICES} -m comment --comment {int_comment} {dest} -j {int_target}")
+    # Capture externalIPs.
+    for eip in map(int_to_ip, info.external_ips):
+        if has_endpoints:
+            top.append(
+                f'-A {KUBE_SERVICES} -m comment --comment "{name} external IP" {match} -d {eip} --dport {port}'
+                f" -j {ext_chain}"
+            )
+        if not has_external:
+            filt.append(
+                f"-A {KUBE_EXTERNAL_SERVICES} -m comment --comment {ext_comment} {match} -d {eip} --dport {port}"
+                f" -j {ext_target}"
+            )
+    # Capture load-balancer ingress.
+    for lbip in map(int_to_ip, info.lb_vips):
+        if has_endpoints:
+            top.append(
+                f'-A {KUBE_SERVICES} -m comment --comment "{name} loadbalancer IP" {match} -d {lbip} --dport {port}'
+                f" -j {lb_chain}"
+            )
+        if uses_fw:
+            filt.append(
+                f'-A {KUBE_PROXY_FIREWALL} -m comment --comment "{name} traffic not accepted by {fw_chain}" {match}'
+                f" -d {lbip} --dport {port} -j DROP"
+            )
+    if not has_external:
+        for lbip in map(int_to_ip, info.lb_vips):
+            filt.append(
+                f"-A {KUBE_EXTERNAL_SERVICES} -m comment --comment {ext_comment} {match} -d {lbip} --dport {port}"
+                f" -j {ext_target}"
+            )
+    # Capture nodeports.
+    if info.node_port:
+        if has_endpoints:
+            if s.localhost_nodeports and s.nfacct:
+                top.append(
+                    f"-A {KUBE_NODEPORTS} -m comment --comment {name} {match} -d 127.0.0.0/8 --dport {info.node_port}"
+                    f" -m nfacct --nfacct-name {LOCALHOST_NODEPORT_COUNTER} -j {ext_chain}"
+                )
+            top.append(
+                f"-A {KUBE_NODEPORTS} -m comment --comment {name} {match} --dport {info.node_port} -j {ext_chain}"
+            )
+        if not has_external:
+            filt.append(
+                f"-A {KUBE_EXTERNAL_SERVICES} -m comment --comment {ext_comment} -m addrtype --dst-type LOCAL"
+                f" {match} --dport {info.node_port} -j {ext_target}"
+            )
+    # Capture healthCheckNodePorts.
+    if info.health_check_node_port:
+        filt.append(
+            f'-A {KUBE_NODEPORTS} -m comment --comment "{name} health check node port" -m tcp -p tcp'
+            f" --dport {info.health_check_node_port} -j ACCEPT"
+        )
+
+    nat, chains = out.nat, out.chains
+    # Internal traffic: masquerade what does not come from a local pod.
+    if has_internal:
+        args = f'-m comment --comment "{name} cluster IP" {match} -d {cip} --dport {port}'
+        if s.masquerade_all:
+            nat.append(f"-A {internal_chain} {args} -j {KUBE_MARK_MASQ}")
+        elif s.local_if_not:
+            nat.append(f"-A {internal_chain} {args} {s.local_if_not} -j {KUBE_MARK_MASQ}")
+    if uses_ext:
+        chains.append(ext_chain)
+        if not info.external_policy_local:
+            nat.append(
+                f'-A {ext_chain} -m comment --comment "masquerade traffic for {name} external destinations"'
+                f" -j {KUBE_MARK_MASQ}"
+            )
+        else:
+            if s.local_if:
+                nat.append(
+                    f'-A {ext_chain} -m comment --comment "pod traffic for {name} external destinations"'
+                    f" {s.local_if} -j {svc_chain}"
+                )
+            nat.append(
+                f'-A {ext_chain} -m comment --comment "masquerade LOCAL traffic for {name} external destinations"'
+                f" -m addrtype --src-type LOCAL -j {KUBE_MARK_MASQ}"
+            )
+            nat.append(
+                f'-A {ext_chain} -m comment --comment "route LOCAL traffic for {name} external destinations"'
+                f" -m addrtype --src-type LOCAL -j {svc_chain}"
+            )
+        if has_external:
+            nat.append(f"-A {ext_chain} -j {external_policy_chain}")
+    if uses_fw:
+        chains.append(fw_chain)
+        head = f'-A {fw_chain} -m comment --comment "{name} loadbalancer IP"'
+        allow_from_node = False
+        for cidr in info.lb_source_ranges:
+            nat.append(f"{head} -s {cidr} -j {ext_chain}")
+            allow_from_node = allow_from_node or s.node_ip in cidr
+        if allow_from_node:
+            nat += [f"{head} -s {int_to_ip(lbip)} -j {ext_chain}" for lbip in info.lb_vips]
+        nat.append(
+            f'-A {fw_chain} -m comment --comment "other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL"'
+        )
+    if uses_cluster:
+        chains.append(svc_chain)
+        _service_to_endpoints(nat, name, proto, info, svc_chain, cat.cluster, large)
+    if uses_local:
+        chains.append(svl_chain)
+        _service_to_endpoints(nat, name, proto, info, svl_chain, cat.local, large)
+    for ep in cat.all_reachable:
+        sep = endpoint_chain(name, proto, ep.text)
+        chains.append(sep)
+        head = f"-A {sep}" if large else f"-A {sep} -m comment --comment {name}"
+        nat.append(f"{head} -s {int_to_ip(ep.ip)} -j {KUBE_MARK_MASQ}")
+        affinity = f" -m recent --name {sep} --set" if info.session_affinity else ""
+        nat.append(f"{head}{affinity} {match} -j DNAT --to-destination {ep.text}")
+    return out
+
+
+def _service_to_endpoints(
+    nat: list[str],
+    name: str,
+    proto: str,
+    info: ServicePortInfo,
+    chain: str,
+    endpoints: tuple[EndpointInfo, ...],
+    large: bool,
+) -> None:
+    """writeServiceToEndpointRules: affinity checks first, then the random split."""
+    seps = [endpoint_chain(name, proto, ep.text) for ep in endpoints]
+    if info.session_affinity:
+        for ep, sep in zip(endpoints, seps, strict=True):
+            comment = "" if large else f' -m comment --comment "{name} -> {ep.text}"'
+            nat.append(
+                f"-A {chain}{comment} -m recent --name {sep} --rcheck --seconds {info.sticky_seconds} --reap -j {sep}"
+            )
+    n = len(endpoints)
+    for i, (ep, sep) in enumerate(zip(endpoints, seps, strict=True)):
+        comment = "" if large else f' -m comment --comment "{name} -> {ep.text}"'
+        stat = f" -m statistic --mode random --probability {probability(n - i)}" if i < n - 1 else ""
+        nat.append(f"-A {chain}{comment}{stat} -j {sep}")
+
+
+@dataclass
+class Rendered:
+    """A sync's output: the restore input and what the whole ruleset is now."""
+
+    text: str  # what kube-proxy passes to iptables-restore --noflush this sync
+    full: str  # the restore input of a full sync of the same state
+    partial: bool
+    changed: int  # services whose chains were written
+    active: set[str]  # nat service chains in use
+    deleted: list[str]  # stale chains removed by this sync
+    rules: int  # rule lines in `full`
+    large: bool
+    written: list[tuple[ServicePortName, ServiceRules]]  # the services whose chains were written
+
+
+class Renderer:
+    """kube-proxy's iptables proxier for one node, minus the kernel: keeps
+    the per-service fragments between syncs so a partial sync renders only
+    what changed."""
+
+    def __init__(self, random_fully: bool = True, nfacct: bool = False) -> None:
+        self.random_fully = random_fully
+        self.nfacct = nfacct
+        self.fragments: dict[ServicePortName, tuple[object, ServiceRules]] = {}
+        self.settings: Settings | None = None
+        self.large: bool | None = None
+        self.active: set[str] = set()
+
+    def sync(self, view: NodeView, changed: Iterable[NamespacedName] | None = None) -> Rendered:
+        """Render the node's rules. `changed`: the services that changed since
+        the last sync (None forces a full sync, as kube-proxy's needFullSync)."""
+        settings = settings_for(view, self.random_fully, self.nfacct)
+        ports = sorted(view.service_ports(), key=lambda i: i.name)
+        total = sum(len(view.endpoints(i.name)) for i in ports)
+        large = total > LARGE_CLUSTER_ENDPOINTS
+        full = changed is None or settings != self.settings or large != self.large
+        changed_set = set(changed or ())
+        fragments: dict[ServicePortName, tuple[object, ServiceRules]] = {}
+        written: list[tuple[ServicePortName, ServiceRules]] = []
+        for info in ports:
+            entry = view.state.entries[info.name.service]
+            cached = self.fragments.get(info.name)
+            fresh = full or info.name.service in changed_set or cached is None or cached[0] is not entry
+            if fresh:
+                frag = render_service(view, info, settings, large, view.endpoints(info.name))
+                written.append((info.name, frag))
+            else:
+                assert cached is not None
+                frag = cached[1]
+            fragments[info.name] = (entry, frag)
+        self.fragments, self.settings, self.large = fragments, settings, large
+        active = {c for _, r in fragments.values() for c in r.chains}
+        deleted = sorted(self.active - active)
+        self.active = active
+        frags = [r for _, r in fragments.values()]
+        full_text = assemble(settings, frags, set(map(id, frags)), [])
+        write = {id(r) for _, r in written}
+        text = full_text if full and not deleted else assemble(settings, frags, write, deleted)
+        count = sum(len(r.filter) + len(r.top) + len(r.nat) for r in frags) + _fixed_rules(settings)
+        return Rendered(text, full_text, not full, len(written), active, deleted, count, large, written)
+
+
+def _fixed_rules(s: Settings) -> int:
+    return (4 if s.localhost_nodeports else 3) + 4 + (1 if not s.tcp_be_liberal else 0) + 1
+
+
+def assemble(s: Settings, frags: list[ServiceRules], write: set[int], deleted: list[str]) -> str:
+    """The restore input in syncProxyRules' order: filter chains and rules,
+    then nat chains (top-level, the written services', the deleted ones) and
+    rules (postrouting, per service, -X, the NodePorts jump that must be last)."""
+    mark = s.mark
+    out = ["*filter"]
+    out += [
+        f":{c} - [0:0]"
+        for c in (KUBE_SERVICES, KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_NODEPORTS, KUBE_PROXY_FIREWALL)
+    ]
+    if s.localhost_nodeports:
+        out.append(f":{KUBE_FIREWALL} - [0:0]")
+        out.append(
+            f'-A {KUBE_FIREWALL} -m comment --comment "block incoming localnet connections" -d 127.0.0.0/8'
+            " ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
+        )
+    for frag in frags:
+        out += frag.filter
+    if not s.tcp_be_liberal:
+        counter = f" -m nfacct --nfacct-name {INVALID_DROP_COUNTER}" if s.nfacct else ""
+        out.append(f"-A {KUBE_FORWARD} -m conntrack --ctstate INVALID{counter} -j DROP")
+    out.append(
+        f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding rules" -m mark --mark {mark}/{mark} -j ACCEPT'
+    )
+    out.append(
+        f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding conntrack rule"'
+        " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+    )
+    out += ["COMMIT", "*nat"]
+    out += [f":{c} - [0:0]" for c in (KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ)]
+    for frag in frags:
+        if id(frag) in write:
+            out += [f":{c} - [0:0]" for c in frag.chains]
+    out += [f":{c} - [0:0]" for c in deleted]
+    out.append(f"-A {KUBE_POSTROUTING} -m mark ! --mark {mark}/{mark} -j RETURN")
+    out.append(f"-A {KUBE_POSTROUTING} -j MARK --xor-mark {mark}")
+    masq = f'-A {KUBE_POSTROUTING} -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE'
+    out.append(masq + (" --random-fully" if s.random_fully else ""))
+    out.append(f"-A {KUBE_MARK_MASQ} -j MARK --or-mark {mark}")
+    for frag in frags:
+        out += frag.top
+        if id(frag) in write:
+            out += frag.nat
+    out += [f"-X {c}" for c in deleted]
+    comment = '-m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain"'
+    if s.nodeport_ips is None:
+        local = "" if s.localhost_nodeports else " ! -d 127.0.0.0/8"
+        out.append(f"-A {KUBE_SERVICES} {comment} -m addrtype --dst-type LOCAL{local} -j {KUBE_NODEPORTS}")
+    else:
+        for ip in s.nodeport_ips:
+            if ip.startswith("127.") and not s.localhost_nodeports:
+                continue
+            out.append(f"-A {KUBE_SERVICES} {comment} -d {ip} -j {KUBE_NODEPORTS}")
+    out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+def jump_rules(table: str) -> list[str]:
+    """The rules EnsureRule(Prepend) leaves in the built-in chains, in the
+    order they end up (each prepended before the previous; kubelet's
+    KUBE-FIREWALL jumps were there first, so they end up last)."""
+    out: list[str] = []
+    for t, target, builtin, comment, state in reversed(JUMP_CHAINS):
+        if t == table:
+            extra = "-m conntrack --ctstate NEW " if state else ""
+            out.append(f'-A {builtin} {extra}-m comment --comment "{comment}" -j {target}')
+    if table == "filter":
+        out += [f"-A INPUT -j {KUBE_FIREWALL}", f"-A OUTPUT -j {KUBE_FIREWALL}"]
+    # Keep each built-in chain's rules together, in hook order.
+    return sorted(out, key=lambda line: BUILTIN[table].index(line.split()[1]))
+
+
+def node_text(restore_text: str, localhost_nodeports: bool = True) -> str:
+    """A full restore input made loadable as-is into an empty namespace: each
+    table block gets its built-in chains, then kube-proxy's chains, then the
+    jump rules kube-proxy keeps in the built-in chains, then its rules."""
+    out: list[str] = []
+    table = ""
+    jumps_done = True
+    for line in restore_text.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+            out.append(line)
+            out += [f":{c} ACCEPT [0:0]" for c in BUILTIN.get(table, ())]
+            if table == "filter" and not localhost_nodeports:
+                out.append(f":{KUBE_FIREWALL} - [0:0]")  # kubelet's chain, jumped to below
+            jumps_done = False
+            continue
+        if not jumps_done and not line.startswith(":"):
+            out += jump_rules(table)
+            jumps_done = True
+        out.append(line)
+    return "\n".join(out) + "\n"
