@@ -50,6 +50,7 @@ from netem.packet import TCP, Packet, format_flow, proto_name
 from proxy_modes.base import Decision, Reach, Step, Verdict
 
 from . import syntax, xt
+from .compile import Registry
 from .syntax import Chain, Rule, RuleCache, Table, Tables
 from .xt import (
     CT_DNAT,
@@ -258,6 +259,7 @@ class Netfilter:
         self.oif = oif
         self.recent: dict[str, RecentTable] = {}
         self.generation = 0
+        self._fns: dict[str, Registry] = {}
         self.load(tables)
 
     @classmethod
@@ -280,6 +282,24 @@ class Netfilter:
         in use)."""
         self.tables = tables
         self.generation += 1
+        for name, table in tables.items():
+            registry = self._fns.get(name)
+            if registry is None:
+                registry = self._fns[name] = Registry(self, table)
+            registry.table = table
+            registry.clear()
+        for name in list(self._fns):
+            if name not in tables:
+                del self._fns[name]
+        # Per hook: the tables that have its chain, in priority order, with the policy.
+        self._plan = {
+            hook: tuple(
+                (name, self._fns[name], V_DROP if tables[name].chains[hook].policy == "DROP" else V_ACCEPT)
+                for name in names
+                if name in tables and hook in tables[name].chains
+            )
+            for hook, names in HOOK_TABLES.items()
+        }
         names = {
             m.list_name
             for t in tables.values()
@@ -291,6 +311,8 @@ class Netfilter:
         for name in list(self.recent):
             if name not in names:
                 del self.recent[name]
+        for name in names:
+            self.recent.setdefault(name, {})
 
     def restore(
         self, text: str, noflush: bool = True, filename: str = "<iptables-restore>", cache: RuleCache | None = None
@@ -379,9 +401,7 @@ class Netfilter:
         if verdict != V_ACCEPT:
             return Decision(_VERDICTS[verdict], None, False, st.rules, st.lookups + 1, st.service)  # type: ignore[arg-type]
         if not st.dry and st.ctstate != CT_INVALID:
-            entry = self.conntrack.create(packet[:5], st.now, st.dnat, st.snat, packet.flags, 0)
-            if entry is not None:
-                entry.data = [None, V_ACCEPT, 0, st.service]
+            self.conntrack.create(packet[:5], st.now, st.dnat, st.snat, packet.flags, 0, st.service)
         if st.steps is not None:
             self._note_outcome(st)
         return Decision(
@@ -440,21 +460,37 @@ class Netfilter:
         """Walk every table of one hook in priority order; returns V_ACCEPT,
         V_DROP or V_REJECT. The nat table runs only when `nat` and the
         packet is a new, trackable connection."""
+        if st.steps is None and st.explore is None and not self.literal:
+            for name, registry, policy in self._plan[hook]:
+                if name == "nat":
+                    if not nat or st.ctstate == CT_INVALID:
+                        continue
+                    verdict = registry[hook](st) or policy
+                elif name == "raw":
+                    saved, st.ctstate = st.ctstate, CT_INVALID  # raw runs before conntrack
+                    verdict = registry[hook](st) or policy
+                    st.ctstate = saved
+                else:
+                    verdict = registry[hook](st) or policy
+                if verdict != V_ACCEPT:
+                    return verdict
+            return V_ACCEPT
         for name in HOOK_TABLES[hook]:
-            table = self.tables.get(name)
-            if table is None or hook not in table.chains:
-                continue
             if name == "nat" and (not nat or st.ctstate == CT_INVALID):
                 continue
-            saved = st.ctstate
-            if name == "raw":
-                st.ctstate = CT_INVALID  # raw runs before conntrack: no entry yet
-            verdict = self._walk(table, hook, st)
-            if name == "raw":
-                st.ctstate = saved
+            verdict = self._walk_table(name, hook, st)
             if verdict != V_ACCEPT:
                 return verdict
         return V_ACCEPT
+
+    def compile_all(self) -> int:
+        """Compile every chain now instead of on first use (for steady-state timing)."""
+        count = 0
+        for name, registry in self._fns.items():
+            for chain in self.tables[name].chains:
+                registry[chain]
+                count += 1
+        return count
 
     def _walk(self, table: Table, hook: str, st: PacketState) -> int:
         chains = table.chains
@@ -544,16 +580,17 @@ class Netfilter:
             st.dnat = (ip, port)
             st.dst, st.dport = ip, port
             st.ctstate |= CT_DNAT
-            text = f"{target.name} to {int_to_ip(ip)}:{port}"
+            if st.steps is not None:
+                st.steps.append(Step("nat", f"{target.name} to {int_to_ip(ip)}:{port}", {"hook": hook}))
         else:
             # MASQUERADE takes the address the route out would use: the node's.
             ip = target.ip if kind == T_SNAT else self.node_ip
             port = target.port if target.port is not None else st.sport
             st.snat = (ip, port)
             st.ctstate |= CT_SNAT
-            text = f"{target.name}: source becomes {int_to_ip(ip)}" + (f":{port}" if target.port is not None else "")
-        if st.steps is not None:
-            st.steps.append(Step("nat", text, {"hook": hook}))
+            if st.steps is not None:
+                text = f"{target.name}: source becomes {int_to_ip(ip)}"
+                st.steps.append(Step("nat", text + (f":{port}" if target.port is not None else ""), {"hook": hook}))
 
     def _note_rule(self, st: PacketState, table: Table, chain: Chain, hit: int, pos: int, rule: Rule) -> None:
         assert st.steps is not None
@@ -587,7 +624,8 @@ class Netfilter:
         key = (self.generation, direction, ctstate, packet.iif, packet.local)
         cached: list[Any] = entry.data  # type: ignore[assignment]
         if type(cached) is not list:
-            cached = entry.data = [None, V_ACCEPT, 0, None]
+            # The first later packet: keep the service, add the filter cache.
+            cached = entry.data = [None, V_ACCEPT, 0, cached]
         if steps is None and cached[0] == key:
             verdict, rules = cached[1], cached[2]
         else:
@@ -640,6 +678,7 @@ class Netfilter:
         return verdict
 
     def _hook_ct(self, hook: str, st: PacketState, to: tuple[int, int, int, int]) -> int:
+        """A hook for a tracked packet: conntrack rewrites it where the nat table sits."""
         for name in HOOK_TABLES[hook]:
             if name == "nat":
                 if hook in DST_HOOKS:
@@ -647,17 +686,30 @@ class Netfilter:
                 else:
                     st.src, st.sport = to[0], to[1]
                 continue
-            table = self.tables.get(name)
-            if table is None or hook not in table.chains:
-                continue
-            saved = st.ctstate
-            if name == "raw":
-                st.ctstate = CT_INVALID
-            verdict = self._walk(table, hook, st)
-            st.ctstate = saved
+            verdict = self._walk_table(name, hook, st)
             if verdict != V_ACCEPT:
                 return verdict
         return V_ACCEPT
+
+    def _walk_table(self, name: str, hook: str, st: PacketState) -> int:
+        """One table's chain for a hook: compiled, or walked when tracing (or literal)."""
+        table = self.tables.get(name)
+        if table is None:
+            return V_ACCEPT
+        chain = table.chains.get(hook)
+        if chain is None:
+            return V_ACCEPT
+        if name == "raw":  # raw runs before conntrack: no entry yet
+            saved, st.ctstate = st.ctstate, CT_INVALID
+            verdict = self._walk_one(table, chain, hook, st)
+            st.ctstate = saved
+            return verdict
+        return self._walk_one(table, chain, hook, st)
+
+    def _walk_one(self, table: Table, chain: Chain, hook: str, st: PacketState) -> int:
+        if st.steps is None and st.explore is None and not self.literal:
+            return self._fns[table.name][hook](st) or (V_DROP if chain.policy == "DROP" else V_ACCEPT)
+        return self._walk(table, hook, st)
 
 
 def chain_policy(verdict: int) -> str:

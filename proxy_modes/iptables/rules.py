@@ -26,7 +26,6 @@ in KUBE-FORWARD is written (nf_conntrack_tcp_be_liberal=0, the default).
 from __future__ import annotations
 
 import hashlib
-from base64 import b32encode
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -69,7 +68,23 @@ BUILTIN = {"filter": ("INPUT", "FORWARD", "OUTPUT"), "nat": ("PREROUTING", "INPU
 
 
 def _hash16(text: str) -> str:
-    return b32encode(hashlib.sha256(text.encode()).digest())[:16].decode()
+    """The first 16 base32 characters of sha256(text): exactly its first 80 bits."""
+    n = int.from_bytes(hashlib.sha256(text.encode()).digest()[:10], "big")
+    pairs = _B32_PAIRS
+    return (
+        pairs[n >> 70]
+        + pairs[(n >> 60) & 1023]
+        + pairs[(n >> 50) & 1023]
+        + pairs[(n >> 40) & 1023]
+        + pairs[(n >> 30) & 1023]
+        + pairs[(n >> 20) & 1023]
+        + pairs[(n >> 10) & 1023]
+        + pairs[n & 1023]
+    )
+
+
+_B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"  # base32.StdEncoding's alphabet
+_B32_PAIRS = [a + b for a in _B32 for b in _B32]
 
 
 def port_proto_hash(name: str, protocol: str) -> str:
@@ -290,6 +305,7 @@ def render_service(
         )
 
     nat, chains = out.nat, out.chains
+    sep_names = {ep.text: endpoint_chain(name, proto, ep.text) for ep in cat.all_reachable}
     # Internal traffic: masquerade what does not come from a local pod.
     if has_internal:
         args = f'-m comment --comment "{name} cluster IP" {match} -d {cip} --dport {port}'
@@ -334,12 +350,12 @@ def render_service(
         )
     if uses_cluster:
         chains.append(svc_chain)
-        _service_to_endpoints(nat, name, proto, info, svc_chain, cat.cluster, large)
+        _service_to_endpoints(nat, name, proto, info, svc_chain, cat.cluster, large, sep_names)
     if uses_local:
         chains.append(svl_chain)
-        _service_to_endpoints(nat, name, proto, info, svl_chain, cat.local, large)
+        _service_to_endpoints(nat, name, proto, info, svl_chain, cat.local, large, sep_names)
     for ep in cat.all_reachable:
-        sep = endpoint_chain(name, proto, ep.text)
+        sep = sep_names[ep.text]
         chains.append(sep)
         head = f"-A {sep}" if large else f"-A {sep} -m comment --comment {name}"
         nat.append(f"{head} -s {int_to_ip(ep.ip)} -j {KUBE_MARK_MASQ}")
@@ -356,9 +372,10 @@ def _service_to_endpoints(
     chain: str,
     endpoints: tuple[EndpointInfo, ...],
     large: bool,
+    sep_names: dict[str, str],
 ) -> None:
     """writeServiceToEndpointRules: affinity checks first, then the random split."""
-    seps = [endpoint_chain(name, proto, ep.text) for ep in endpoints]
+    seps = [sep_names[ep.text] for ep in endpoints]
     if info.session_affinity:
         for ep, sep in zip(endpoints, seps, strict=True):
             comment = "" if large else f' -m comment --comment "{name} -> {ep.text}"'
@@ -414,7 +431,12 @@ class Renderer:
         for info in ports:
             entry = view.state.entries[info.name.service]
             cached = self.fragments.get(info.name)
-            fresh = full or info.name.service in changed_set or cached is None or cached[0] is not entry
+            fresh = (
+                full
+                or info.name.service in changed_set
+                or cached is None
+                or (cached[0] is not entry and cached[0] != entry)
+            )
             if fresh:
                 frag = render_service(view, info, settings, large, view.endpoints(info.name))
                 written.append((info.name, frag))

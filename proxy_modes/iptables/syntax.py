@@ -18,6 +18,7 @@ failing block changes nothing. Parsed rules may be shared through a
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,8 +137,9 @@ class Chain:
     name: str
     policy: str | None = None
     rules: list[Rule] = field(default_factory=list)
-    # The engine's index of this chain's rules, built on first use.
+    # The engine's index of this chain's rules and its compiled function, built on first use.
     index: Any = field(default=None, repr=False, compare=False)
+    compiled: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -159,38 +161,32 @@ def empty_table(name: str) -> Table:
 # --- tokenizing -------------------------------------------------------------------
 
 
+_TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)("?)|([^\s"]+)')
+_UNESCAPE = re.compile(r"\\(.)")
+
+
 def tokenize(line: str) -> list[str]:
     """add_param_to_argv (iptables xshared.c): whitespace separates; double
     quotes group, and inside them a backslash escapes the next character."""
     if '"' not in line:
         return line.split()
     out: list[str] = []
-    buf: list[str] = []
-    quoted = in_quote = escaped = False
-    for ch in line:
-        if in_quote:
-            if escaped:
-                buf.append(ch)
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_quote = False
-            else:
-                buf.append(ch)
-            continue
-        if ch == '"':
-            in_quote = quoted = True
-        elif ch in " \t\r\n":
-            if buf or quoted:
-                out.append("".join(buf))
-                buf, quoted = [], False
+    glued = False  # a quoted part directly after a word joins it (`a"b c"` is one word)
+    end = 0
+    for m in _TOKEN.finditer(line):
+        quoted, closed, word = m.group(1), m.group(2), m.group(3)
+        join = glued and m.start() == end
+        if word is not None:
+            piece = word
         else:
-            buf.append(ch)
-    if in_quote:
-        raise OptionError("unterminated quoted string")
-    if buf or quoted:
-        out.append("".join(buf))
+            if not closed:
+                raise OptionError("unterminated quoted string")
+            piece = _UNESCAPE.sub(r"\1", quoted)
+        if join:
+            out[-1] += piece
+        else:
+            out.append(piece)
+        glued, end = True, m.end()
     return out
 
 
@@ -220,6 +216,7 @@ def parse_rule(args: list[str], spec: str, line: int) -> Rule:
     goto = False
     target_opts: xt.Options = []
     inv = False
+    seen: set[str] = set()
     i, n = 0, len(args)
     while i < n:
         word = args[i]
@@ -232,7 +229,11 @@ def parse_rule(args: list[str], spec: str, line: int) -> Rule:
         if word in _IP_OPTS:
             if i >= n:
                 raise OptionError(f"{word} needs a value")
-            _ip_option(rule, _IP_OPTS[word], args[i], inv)
+            opt = _IP_OPTS[word]
+            if opt in seen:
+                raise OptionError(f"multiple {opt} flags not allowed")
+            seen.add(opt)
+            _ip_option(rule, opt, args[i], inv)
             i += 1
         elif word in ("-m", "--match"):
             if inv or i >= n:
@@ -322,7 +323,20 @@ def _ip_option(rule: Rule, opt: str, value: str, inv: bool) -> None:
             rule.oif = iface
 
 
+_ADDRS: dict[str, tuple[int, int]] = {}
+
+
 def _parse_addr(text: str, opt: str) -> tuple[int, int]:
+    hit = _ADDRS.get(text)
+    if hit is not None:
+        return hit
+    if len(_ADDRS) > 1_000_000:
+        _ADDRS.clear()
+    hit = _ADDRS[text] = _parse_addr_text(text, opt)
+    return hit
+
+
+def _parse_addr_text(text: str, opt: str) -> tuple[int, int]:
     if "," in text:
         raise OptionError(f"{opt}: lists of addresses are not supported ({text!r})")
     host, sep, length = text.partition("/")
@@ -344,17 +358,19 @@ def _parse_addr(text: str, opt: str) -> tuple[int, int]:
 def _build(
     rule: Rule, modules: list[tuple[str, xt.Options]], target: str | None, goto: bool, target_opts: xt.Options
 ) -> None:
-    saved: list[Match] = []
-    for module, options in modules:
-        saved.append(xt.build_match(module, options, rule.proto))
-    rule.saved = tuple(saved)
-    # Comments and option-less port matches test nothing; leave them out of the walk.
-    rule.matches = tuple(
-        m
-        for m in saved
-        if not isinstance(m, Comment) and not (isinstance(m, Ports) and m.sport is m.dport is m.flags is None)
-    )
-    rule.comment = next((m.text for m in saved if isinstance(m, Comment)), None)
+    if modules:
+        saved = [xt.build_match(module, options, rule.proto) for module, options in modules]
+        rule.saved = tuple(saved)
+        # Comments and option-less port matches test nothing; leave them out of the walk.
+        testing = []
+        for m in saved:
+            kind = type(m)
+            if kind is Comment:
+                if rule.comment is None:
+                    rule.comment = m.text  # type: ignore[attr-defined]
+            elif kind is not Ports or not m.is_noop():  # type: ignore[attr-defined]
+                testing.append(m)
+        rule.matches = tuple(testing)
     if target is not None:
         rule.target = xt.build_target(target, target_opts, goto)
 

@@ -58,35 +58,23 @@ CT_STATE_NAMES = {
 class PacketState:
     """One packet on its way through the hooks: the header fields as they are
     now (after any NAT so far), the skb mark, the conntrack state, and what
-    the walk has counted. Mutable and short-lived; one per packet."""
+    the walk has counted. Mutable and short-lived; one per packet. (Rarely
+    changed fields are class-level defaults: creating one is on the hot path.)"""
 
-    __slots__ = (
-        "affinity",
-        "ctstate",
-        "decisions",
-        "dnat",
-        "dport",
-        "dry",
-        "dst",
-        "explore",
-        "flags",
-        "iif",
-        "local",
-        "lookups",
-        "mark",
-        "nf",
-        "now",
-        "oif",
-        "probability",
-        "proto",
-        "pure",
-        "rules",
-        "service",
-        "snat",
-        "sport",
-        "src",
-        "steps",
-    )
+    mark = 0
+    rules = 0
+    lookups = 0
+    pure = True  # no match with randomness or side effects was evaluated
+    dnat: tuple[int, int] | None = None
+    snat: tuple[int, int] | None = None
+    service: object = None
+    affinity: str | None = None
+    steps: list[Any] | None = None  # a list when tracing
+    dry = False  # exploring: no side effects
+    explore: list[bool] | None = None  # forced outcomes of random matches (exploring)
+    decisions = 0  # random matches met so far (exploring)
+    probability = Fraction(1)
+    oif = ""
 
     def __init__(
         self,
@@ -111,22 +99,8 @@ class PacketState:
         self.now = now
         self.local = local
         self.iif = iif
-        self.oif = ""
         self.flags = flags
         self.ctstate = ctstate
-        self.mark = 0
-        self.rules = 0
-        self.lookups = 0
-        self.pure = True  # no match with randomness or side effects was evaluated
-        self.dnat: tuple[int, int] | None = None
-        self.snat: tuple[int, int] | None = None
-        self.service: object = None
-        self.affinity: str | None = None
-        self.steps: list[Any] | None = None  # a list when tracing
-        self.dry = False  # exploring: no side effects
-        self.explore: list[bool] | None = None  # forced outcomes of random matches (exploring)
-        self.decisions = 0  # random matches met so far (exploring)
-        self.probability = Fraction(1)
 
 
 class NeedDecision(Exception):
@@ -289,6 +263,9 @@ class Ports(Match):
             inv, (mask_text, comp_text) = opts["--tcp-flags"]
             m.flags = (_tcp_flags(mask_text), _tcp_flags(comp_text), inv)
         return m
+
+    def is_noop(self) -> bool:
+        return self.sport is None and self.dport is None and self.flags is None
 
     def test(self, st: PacketState) -> bool:
         if self.sport is not None:
@@ -569,10 +546,7 @@ class Recent(Match):
 
     def test(self, st: PacketState) -> bool:
         st.pure = False
-        tables: dict[str, RecentTable] = st.nf.recent
-        table = tables.get(self.list_name)
-        if table is None:
-            table = tables[self.list_name] = {}
+        table = st.nf.recent[self.list_name]  # made when the rule was loaded (recent_mt_check)
         addr = (st.dst if self.dest else st.src) & self.mask
         entry = table.get(addr)
         ret = self.inv
@@ -907,19 +881,42 @@ PROTOCOL_MODULE = {TCP: "tcp", UDP: "udp", SCTP: "sctp"}
 PURE_MATCHES = (Comment, Ports, Multiport, MarkMatch, Conntrack, Addrtype, Nfacct)
 
 
+_ARITY: dict[str, dict[str, int]] = {
+    "tcp": dict(Ports.arity),
+    "udp": {k: v for k, v in Ports.arity.items() if not k.startswith(("--tcp", "--syn"))},
+    "state": {"--state": 1},
+    **{name: dict(cls.arity) for name, cls in MATCHES.items()},
+}
+_ARITY["sctp"] = _ARITY["udp"]
+
+
 def match_arity(module: str) -> dict[str, int]:
-    if module in PORT_MODULES:
-        arity = dict(Ports.arity)
-        return arity if module == "tcp" else {k: v for k, v in arity.items() if not k.startswith(("--tcp", "--syn"))}
-    if module == "state":
-        return {"--state": 1}
-    cls = MATCHES.get(module)
-    if cls is None:
+    """The options a match takes and how many values each (read-only)."""
+    arity = _ARITY.get(module)
+    if arity is None:
         raise OptionError(f"unsupported match -m {module}")
-    return dict(cls.arity)
+    return arity
+
+
+# Parsed matches by their text: all but nth counters are immutable, so equal
+# options give one shared object (kube-proxy repeats `-m tcp`, probabilities, marks).
+_MATCH_CACHE: dict[tuple[str, int, str], Match] = {}
 
 
 def build_match(module: str, options: Options, proto: int) -> Match:
+    key = (module, proto, repr(options))
+    hit = _MATCH_CACHE.get(key)
+    if hit is not None:
+        return hit
+    match = _build_match(module, options, proto)
+    if not (isinstance(match, Statistic) and match.mode == "nth"):
+        if len(_MATCH_CACHE) > 500_000:
+            _MATCH_CACHE.clear()
+        _MATCH_CACHE[key] = match
+    return match
+
+
+def _build_match(module: str, options: Options, proto: int) -> Match:
     if module in PORT_MODULES:
         if proto != PORT_MODULES[module]:
             raise OptionError(f"-m {module} needs '-p {module}'")
