@@ -20,8 +20,9 @@ REJECT/DROP decides its fate, as in a cluster.
 
 Every leaf (and the node) runs one *agent*: a small Python process inside the
 namespace (`python -m netem.netns agent`) that takes JSON requests on stdin.
-It serves TCP/UDP ports answering `IDENTITY SRC:SPORT` (who answered, and the
-source address the server saw: masqueraded or not), and it opens connections
+It serves TCP/UDP ports answering `IDENTITY SRC:SPORT DST:DPORT` (who
+answered, the source address the server saw: masqueraded or not, and the
+address it answered on: which endpoint a DNAT chose), and it opens connections
 on request (one, or a batch of N for distributions), classifying each as
 answered / refused (RST or ICMP unreachable: REJECT) / timeout (DROP).
 
@@ -94,10 +95,15 @@ class Reply:
     seen: str = ""  # "IP:PORT" the server saw as the client's address
     local: str = ""  # "IP:PORT" the client used
     elapsed: float = 0.0  # seconds from connect to answer
+    server: str = ""  # "IP:PORT" the server answered on (after any DNAT: which endpoint)
 
     @property
     def seen_ip(self) -> str:
         return self.seen.rpartition(":")[0]
+
+    @property
+    def server_ip(self) -> str:
+        return self.server.rpartition(":")[0]
 
 
 @dataclass
@@ -351,6 +357,7 @@ class Agent:
                 stream.close()
 
 
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # linux/in.h; Python < 3.12 lacks the name
 _PROTOS = {"tcp": (socket.SOCK_STREAM, 0), "udp": (socket.SOCK_DGRAM, 0)}
 
 
@@ -374,9 +381,19 @@ class _Server:
 
     @staticmethod
     def _udp_loop(sock: socket.socket, ident: str) -> None:
+        # IP_PKTINFO tells which local address a datagram was sent to (the endpoint after DNAT).
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        port = sock.getsockname()[1]
         while True:
-            _, peer = sock.recvfrom(2048)
-            sock.sendto(f"{ident} {peer[0]}:{peer[1]}\n".encode(), peer)
+            _, ancillary, _, peer = sock.recvmsg(2048, socket.CMSG_SPACE(12))
+            local = "0.0.0.0"
+            for level, kind, data in ancillary:
+                if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+                    local = socket.inet_ntoa(data[8:12])  # struct in_pktinfo: ifindex, spec_dst, addr
+            answer = f"{ident} {peer[0]}:{peer[1]} {local}:{port}\n".encode()
+            sock.sendmsg(
+                [answer], [(socket.IPPROTO_IP, IP_PKTINFO, b"\0" * 4 + socket.inet_aton(local) + b"\0" * 4)], 0, peer
+            )
 
     def _accept_loop(self, sock: socket.socket, ident: str) -> None:
         while True:
@@ -385,7 +402,8 @@ class _Server:
 
     @staticmethod
     def _tcp_conn(conn: socket.socket, peer: tuple[str, int], ident: str) -> None:
-        answer = f"{ident} {peer[0]}:{peer[1]}\n".encode()
+        local = conn.getsockname()
+        answer = f"{ident} {peer[0]}:{peer[1]} {local[0]}:{local[1]}\n".encode()
         with conn:
             try:
                 conn.sendall(answer)
@@ -415,9 +433,16 @@ def _read_reply(sock: socket.socket, start: float) -> dict[str, Any]:
         if not chunk:
             return {"status": "reset", "elapsed": time.monotonic() - start}
         data += chunk
-    ident, _, seen = data.decode().strip().partition(" ")
+    ident, seen, server = (data.decode().split() + ["", ""])[:3]
     local = "{}:{}".format(*sock.getsockname())
-    return {"status": "ok", "ident": ident, "seen": seen, "local": local, "elapsed": time.monotonic() - start}
+    return {
+        "status": "ok",
+        "ident": ident,
+        "seen": seen,
+        "local": local,
+        "server": server,
+        "elapsed": time.monotonic() - start,
+    }
 
 
 def _attempt(proto: str, dst: str, port: int, src: str | None, sport: int | None, timeout: float) -> dict[str, Any]:

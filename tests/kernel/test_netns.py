@@ -31,7 +31,7 @@ def test_leaves_reach_each_other_through_the_node_and_see_nat() -> None:
         direct = client.connect("10.180.0.2", 8080)
         assert (direct.status, direct.ident, direct.seen_ip) == ("ok", "pod-a", "203.0.113.10")
         udp = client.connect("10.180.0.2", 5353, "udp", src="10.0.5.5")
-        assert (udp.status, udp.seen_ip) == ("ok", "10.0.5.5")
+        assert (udp.status, udp.seen_ip, udp.server) == ("ok", "10.0.5.5", "10.180.0.2:5353")
         assert client.connect("10.180.0.2", 9).status == "refused"  # the pod's kernel answers RST
         # No rule for the service address yet: routed back out, nobody answers.
         assert client.connect("172.30.0.1", 80, timeout=0.3).status == "timeout"
@@ -39,6 +39,7 @@ def test_leaves_reach_each_other_through_the_node_and_see_nat() -> None:
         natted = client.connect("172.30.0.1", 80)
         # DNAT to the pod, masqueraded to the node address on lo.
         assert (natted.status, natted.ident, natted.seen_ip) == ("ok", "pod-a", "192.168.0.2")
+        assert natted.server == "10.180.0.2:8080"  # the address the DNAT chose
         from_node = node.connect("10.180.0.2", 8080)
         assert from_node.seen_ip == "192.168.0.2"
         handle, first = client.open("172.30.0.1", 80)
