@@ -433,7 +433,7 @@ def _read_reply(sock: socket.socket, start: float) -> dict[str, Any]:
         if not chunk:
             return {"status": "reset", "elapsed": time.monotonic() - start}
         data += chunk
-    ident, seen, server = (data.decode().split() + ["", ""])[:3]
+    ident, seen, server = [*data.decode().split(), "", ""][:3]
     local = "{}:{}".format(*sock.getsockname())
     return {
         "status": "ok",

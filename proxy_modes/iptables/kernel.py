@@ -15,10 +15,12 @@ from __future__ import annotations
 import statistics
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from netem.addr import int_to_ip
 from netem.netns import Host, Topology
+from proxy_modes.view import NodeView
 
 from . import rules, syntax
 
@@ -101,21 +103,20 @@ class CurvePoint:
 
 
 def measure_curve(
-    counts: list[int], backend: str = "nft", connects: int = 200, prefix: str = "iptc"
+    views: Iterable[tuple[int, NodeView]], backend: str = "nft", connects: int = 200, prefix: str = "iptc"
 ) -> list[CurvePoint]:
-    """For each service count: render N one-endpoint services, load them into
-    a fresh node namespace, and time connects to the last service's ClusterIP
-    (the last rule in KUBE-SERVICES) and straight to its pod."""
+    """For each (service count, view): load the view's rules into a fresh node
+    namespace and time connects to the last service's ClusterIP (the last rule
+    in KUBE-SERVICES) and straight to its first endpoint. The caller builds
+    the views (e.g. synthetic clusters with one endpoint per service)."""
     import random
 
     from netem.packet import Packet
 
     from .mode import IptablesMode
-    from .synthetic import synthetic_view
 
     points = []
-    for count in counts:
-        view = synthetic_view(count, endpoints=1)
+    for count, view in views:
         mode = IptablesMode(random.Random(0))
         ruleset = mode.sync(view)
         assert mode.last is not None
@@ -124,7 +125,7 @@ def measure_curve(
         endpoint = view.endpoints(last.name)[0]
         decision = mode.route(Packet(6, 0x0A000005, 40000, last.cluster_ip, last.port), 0.0)
         with Topology(prefix) as topo:
-            node = topo.node(["192.168.0.2"])
+            node = topo.node([int_to_ip(ip) for ip in view.node_ips])
             pod = topo.leaf("pod", [int_to_ip(endpoint.ip)])
             client = topo.leaf("client", ["10.0.0.5"], default_route=True)
             pod.serve(endpoint.port)
