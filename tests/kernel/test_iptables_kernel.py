@@ -10,8 +10,6 @@ rules change; and `iptables-save` must print what our model says the
 kernel holds.
 """
 
-# ruff: noqa: E501
-
 from __future__ import annotations
 
 import math
@@ -252,7 +250,7 @@ def _established_across_change(lab: Lab, directory: object, spec: dict[str, obje
     lab.mode.route(Packet(TCP, d.endpoint[0], d.endpoint[1], client, 45000, flags=SYN | ACK), 1.1)
     lab.mode.route(Packet(TCP, client, 45000, cip, 80, flags=ACK), 1.2)
     # Both chosen endpoints leave the service; a new one joins.
-    remaining = [ip for ip in ips[:3] if ip not in (kernel_ep, engine_ep)][:1] + [ips[3]]
+    remaining = [*[ip for ip in ips[:3] if ip not in (kernel_ep, engine_ep)][:1], ips[3]]
     after = {"svc-a": (spec, [(ip, "other-node", "ready") for ip in remaining])}
     ruleset = lab.mode.sync(load_view(directory, manifest(after)))  # type: ignore[arg-type]
     assert ruleset.partial
