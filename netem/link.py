@@ -40,6 +40,7 @@ flipped: the receiver's checksum fails) and DUPLICATE (the clone).
 
 from __future__ import annotations
 
+from collections import deque
 from heapq import heappop, heappush
 from typing import TYPE_CHECKING
 
@@ -69,17 +70,32 @@ GOOD, BAD = 1, 2
 class LinkStats:
     """What `tc -s qdisc show` counts, split by cause."""
 
-    __slots__ = ("corrupted", "delivered", "duplicated", "lost", "marked", "overlimits", "packets", "reordered")
+    __slots__ = (
+        "_delivered",
+        "at_enqueue",
+        "corrupted",
+        "duplicated",
+        "lost",
+        "marked",
+        "overlimits",
+        "packets",
+        "reordered",
+    )
 
     def __init__(self) -> None:
         self.packets = 0  # accepted into the queue (copies included)
-        self.delivered = 0
+        self._delivered = 0  # counted at dequeue (qdisc interface)
+        self.at_enqueue = False  # send(): every accepted packet is scheduled at once
         self.lost = 0  # dropped by the loss model
         self.marked = 0  # CE-marked instead (kernel qstats count these as drops too)
         self.overlimits = 0  # dropped at the limit (the clone with its original)
         self.duplicated = 0
         self.corrupted = 0
         self.reordered = 0  # sent ahead of the queue (qstats.requeues)
+
+    @property
+    def delivered(self) -> int:
+        return self.packets if self.at_enqueue else self._delivered
 
     @property
     def drops(self) -> int:
@@ -109,6 +125,8 @@ class Link:
         self.reorder = spec.reorder
         self.gap = spec.gap
         self.rate = spec.rate
+        self._overhead = spec.packet_overhead
+        self._plain_rate = spec.cell_size == 0
         self.counter = 0
         self.clg_state = TX_IN_GAP  # == GOOD
         self._has_loss = spec.loss_model != CLG_RANDOM or spec.loss != 0
@@ -118,7 +136,7 @@ class Link:
         self._dup_cor = self._crandom_state(spec.dup_corr)
         self._reorder_cor = self._crandom_state(spec.reorder_corr)
         self._corrupt_cor = self._crandom_state(spec.corrupt_corr)
-        # Slots (get_slot()): slot_next 0 means off; on, the first slot opens now.
+        # Slots (get_slot()): when on, the first slot opens now.
         self.slot = spec.slot_enabled
         self.slot_next = now if self.slot else 0
         self.packets_left = spec.slot_packets
@@ -129,6 +147,7 @@ class Link:
         self._tfifo: list[tuple[int, int, Packet, int]] = []
         self._head: list[tuple[int, Packet, int]] = []
         self._due: list[int] = []
+        self._fifo: deque[int] = deque()  # fast mode, times that only grow
         self._seq = 0
         self._last: int | None = None  # the latest time_to_send still queued (rate)
         self._mode = ""
@@ -233,14 +252,16 @@ class Link:
 
         The arithmetic wraps where the kernel's u32/u64 does (cells are u32).
         """
-        spec = self.spec
-        n = (length + spec.packet_overhead) & U64
-        size = spec.cell_size
+        n = length + self._overhead
+        if self._plain_rate and n >= 0:
+            return n * NS_PER_SEC // self.rate
+        n &= U64
+        size = self.spec.cell_size
         if size:
             cells = (n & U32) // size
             if n > (cells * size) & U32:  # an extra cell for the remainder
                 cells = (cells + 1) & U32
-            n = (cells * ((size + spec.cell_overhead) & U32)) & U32
+            n = (cells * ((size + self.spec.cell_overhead) & U32)) & U32
         return ((n * NS_PER_SEC) & U64) // self.rate
 
     # -- netem_enqueue --
@@ -295,7 +316,7 @@ class Link:
 
     def _queue_length(self) -> int:
         if self._mode == "fast":
-            return len(self._due)
+            return len(self._due) + len(self._fifo)
         return len(self._tfifo) + len(self._head)
 
     def _note_last(self, send_at: int) -> None:
@@ -330,10 +351,23 @@ class Link:
         """Enqueue `packet` at `now`: the copies that leave, each with its time.
 
         `ect`: the packet is ECN-capable (ECT(0), ECT(1) or CE), so `ecn`
-        marks it instead of dropping it.
+        marks it instead of dropping it. The first call picks the cheapest
+        implementation for this configuration (all equal the qdisc walk; a
+        differential test holds them together) and binds it as `send`.
         """
-        if self._mode != "fast":
-            self._start("fast")
+        self._start("fast")
+        spec = self.spec
+        if spec.duplicate or spec.corrupt or spec.gap:
+            impl = self._send_general
+        elif spec.jitter or self._has_loss:
+            impl = self._send_simple
+        else:
+            impl = self._send_steady
+        self.send = impl  # type: ignore[method-assign]
+        return impl(packet, now, ect)
+
+    def _send_general(self, packet: Packet, now: int, ect: bool = False) -> list[Delivery]:
+        """Any configuration but slots: netem_enqueue() as written."""
         due = self._due
         while due and due[0] <= now:
             heappop(due)
@@ -342,15 +376,115 @@ class Link:
         out: list[Delivery] = []
         self._out = out
         self._netem_enqueue(packet, now, ect, len(due))
-        self.stats.delivered += len(out)
         return out
 
+    def _send_steady(self, packet: Packet, now: int, ect: bool = False) -> list[Delivery]:
+        """A fixed delay, a limit, maybe a rate: no random draw, times only grow.
+
+        time_to_send never decreases (a fixed latency, or a rate that queues
+        each packet behind the last), so the queue is a FIFO of times whose
+        tail is the latest one (the rate's `last`).
+        """
+        due = self._fifo
+        while due and due[0] <= now:
+            due.popleft()
+        stats = self.stats
+        if len(due) >= self.limit:
+            stats.overlimits += 1
+            return []
+        delay = self.latency
+        rate = self.rate
+        if rate:
+            n = packet.length + self._overhead
+            serialise = n * NS_PER_SEC // rate if self._plain_rate and n >= 0 else self.packet_time(packet.length)
+            if due:
+                last = due[-1]
+                send_at = last + max(delay - (last - now), 0) + serialise
+            else:
+                send_at = now + delay + serialise
+        else:
+            send_at = now + delay
+        stats.packets += 1
+        if send_at > now:
+            due.append(send_at)
+            return [(send_at, packet, 0)]
+        return [(now, packet, 0)]
+
+    def _send_simple(self, packet: Packet, now: int, ect: bool = False) -> list[Delivery]:
+        """Jitter (uniform or a table, correlated or not), any loss model (+ecn), limit, rate."""
+        due = self._due
+        if due and due[0] <= now:
+            while due and due[0] <= now:
+                heappop(due)
+            if not due:
+                self._last = None
+        elif not due:
+            self._last = None
+        stats = self.stats
+        marks = 0
+        if self.loss_model:
+            lost = self._loss_event()
+        else:
+            loss = self.loss
+            if loss:
+                state = self._loss_cor
+                lost = loss >= (self._rand(32) if state is None else self._crandom(state))
+            else:
+                lost = False
+        if lost:
+            if self.ecn and ect:
+                marks = CE
+                stats.marked += 1
+            else:
+                stats.lost += 1
+                return []
+        if len(due) >= self.limit:
+            stats.overlimits += 1
+            return []
+        sigma = self.jitter
+        if sigma:
+            state = self._delay_cor
+            rnd = self._rand(32) if state is None else self._crandom(state)
+            table = self.table
+            if table is None:
+                delay = rnd % (2 * sigma) + self.latency - sigma
+            else:
+                t = table[rnd % len(table)]
+                x = (sigma % DIST_SCALE) * t
+                if x >= 0:
+                    q = (x + DIST_SCALE // 2) // DIST_SCALE
+                else:
+                    q = -((DIST_SCALE // 2 - x) // DIST_SCALE)
+                delay = q + (sigma // DIST_SCALE) * t + self.latency
+        else:
+            delay = self.latency
+        rate = self.rate
+        if rate:
+            n = packet.length + self._overhead
+            serialise = n * NS_PER_SEC // rate if self._plain_rate and n >= 0 else self.packet_time(packet.length)
+            last = self._last
+            if last is not None:
+                send_at = last + max(delay - (last - now), 0) + serialise
+            else:
+                send_at = now + delay + serialise
+        else:
+            send_at = now + delay
+        stats.packets += 1
+        last = self._last
+        if last is None or send_at > last:
+            self._last = send_at
+        if send_at > now:
+            heappush(due, send_at)
+            return [(send_at, packet, marks)]
+        return [(now, packet, marks)]
+
     def _start(self, mode: str) -> None:
-        if self._mode:
+        if self._mode and self._mode != mode:
             raise RuntimeError(f"this link is driven with {'send()' if self._mode == 'fast' else 'enqueue()'}")
         if mode == "fast" and self.slot:
             raise RuntimeError("a link with `slot` leaves packets at slot times: use enqueue()/dequeue()")
         self._mode = mode
+        self.stats.at_enqueue = mode == "fast"
 
     # -- the qdisc interface --
 
@@ -394,13 +528,15 @@ class Link:
                 self._last = None
                 return
             send_at = tfifo[0][0]
-            if self.slot_next and self.slot_next < send_at:
+            # The kernel tests slot_next != 0 (a ktime, never 0 once on); we
+            # test the flag, since our clock may start at 0.
+            if self.slot and self.slot_next < send_at:
                 self._get_slot_next(now)
             if send_at > now or self.slot_next > now:
                 self.wakeup = max(send_at, self.slot_next)
                 return
             _, _, packet, marks = heappop(tfifo)
-            if self.slot_next:
+            if self.slot:
                 self.packets_left -= 1
                 self.bytes_left -= packet.length
                 if self.packets_left <= 0 or self.bytes_left <= 0:
@@ -410,7 +546,7 @@ class Link:
 
     def _forget(self, send_at: int) -> None:
         """A packet left: keep `_last` the latest time_to_send still queued."""
-        self.stats.delivered += 1
+        self.stats._delivered += 1
         if not self._tfifo and not self._head:
             self._last = None
         elif self._last is not None and send_at >= self._last:
