@@ -342,6 +342,7 @@ CONFIGS = [
     "delay 10ms",
     "delay 1ms limit 7",
     "delay 1ms rate 5mbit 20 64 4 limit 10",
+    "delay 1ms rate 100mbit",
     "rate 20mbit -10",
     "delay 10ms 5ms",
     "delay 10ms 5ms 30% distribution normal",
@@ -354,10 +355,11 @@ CONFIGS = [
 ]
 
 
+@pytest.mark.parametrize("window", [3 * MS, 300 * MS], ids=["dense", "sparse"])
 @pytest.mark.parametrize("text", CONFIGS)
-def test_send_equals_enqueue_and_dequeue(text: str) -> None:
+def test_send_equals_enqueue_and_dequeue(text: str, window: int) -> None:
     """Each fast implementation (steady, simple, general) against the qdisc walk."""
-    arrivals = random.Random(text).choices(range(0, 3 * MS, 1000), k=1500)
+    arrivals = random.Random(text).choices(range(0, window, 1000), k=1500)
     times = sorted(arrivals)
     fast = link(text, 21)
     fast_out = []
