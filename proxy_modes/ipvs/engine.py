@@ -323,7 +323,7 @@ class IpvsMode:
             if cp.expires > now:
                 self._queue(cp)  # the timer was restarted since
             else:
-                self._expire_conn(cp, now)
+                self._expire_conn(cp, cp.expires)  # the timer fires at its own time
         self._next_expiry = heap[0][0] if heap else INF
 
     def _expire_conn(self, cp: Conn, now: float) -> None:

@@ -274,6 +274,8 @@ def parse_save(text: str, filename: str) -> list[tuple[VirtualServerSpec, list[S
             continue
         where = f"{filename}:{lineno}"
         words = line.split()
+        if words[0] not in ("-A", "--add-service", "-a", "--add-server"):
+            raise RulesetError(f"{where}: expected -A or -a (got {words[0]!r})")
         opts = _options(words, where)
         proto, addr, port = _service(opts, where)
         if words[0] in ("-A", "--add-service"):
