@@ -36,6 +36,7 @@ allocates only the connection.
 
 from __future__ import annotations
 
+import gc
 import heapq
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -115,7 +116,6 @@ class Conn:
         "n_control",
         "proto",
         "queued",
-        "serial",
         "state",
         "svc",
         "template",
@@ -135,8 +135,7 @@ class Conn:
         self.expires = 0.0
         self.control: Conn | None = None
         self.n_control = 0
-        self.serial = 0
-        self.queued = INF  # expiry of this entry's pending heap item
+        self.queued = INF  # the timer bucket this entry waits in
         self.decision: Decision | None = None
 
 
@@ -222,9 +221,10 @@ class IpvsMode:
         self.services: dict[tuple[int, int, int], Service] = {}
         self.conns: dict[tuple[int, ...], Conn] = {}
         self.templates: dict[tuple[int, ...], Conn] = {}
-        self._heap: list[tuple[float, int, Conn]] = []
-        self._serial = 0
+        self._wheel: dict[float, list[Conn]] = {}
+        self._ticks: list[float] = []
         self._next_expiry = INF
+        self.track_replies = False  # index connections by their reply tuple too
         self.timeouts: list[float] = list(TCP_TIMEOUTS)
         self.udp_timeout: float = UDP_TIMEOUT
         self.state: IpvsState | None = None
@@ -240,10 +240,23 @@ class IpvsMode:
         """One syncProxyRules(): reconcile virtual and real servers with the
         view, removed TCP servers with connections going to weight 0
         (graceful_termination.go) and UDP/SCTP ones at once."""
-        state = build_state(view)
-        self._apply_state(state)
-        objects = sum(1 + len(s.dests) for s in self.services.values())
+        objects = self.program(view)
         return Ruleset(self.dump(), objects)
+
+    def program(self, view: NodeView) -> int:
+        """The sync without rendering text: build kube-proxy's state and
+        reconcile the table with it. Returns virtual + real servers."""
+        # Building 100k+ small objects at once sets off the cyclic garbage
+        # collector again and again over the whole (large) heap; none of
+        # them are garbage, so pause it for the build.
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            self._apply_state(build_state(view))
+        finally:
+            if paused:
+                gc.enable()
+        return sum(1 + len(s.dests) for s in self.services.values())
 
     def _apply_state(self, state: IpvsState, now: float = 0.0) -> None:
         self.state = state
@@ -314,17 +327,41 @@ class IpvsMode:
     # --- the data path ----------------------------------------------------------
 
     def _expire(self, now: float) -> None:
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            _, serial, cp = heapq.heappop(heap)
-            if serial != cp.serial:
-                continue  # stale: the timer moved earlier, or the entry is gone
-            cp.queued = INF
-            if cp.expires > now:
-                self._queue(cp)  # the timer was restarted since
-            else:
-                self._expire_conn(cp, cp.expires)  # the timer fires at its own time
-        self._next_expiry = heap[0][0] if heap else INF
+        """Run every timer due by `now`. Entries wait in whole-second buckets
+        (the floor of their expiry), taken in time order; an entry whose
+        timer moved later since it was queued is queued again, and in the
+        bucket of the current second only the entries already due fire."""
+        wheel, ticks = self._wheel, self._ticks
+        while ticks and ticks[0] <= now:
+            tick = heapq.heappop(ticks)
+            waiting = []
+            for cp in wheel.pop(tick, ()):
+                if cp.queued != tick:
+                    continue  # stale: re-queued earlier, or gone
+                if cp.expires > now:
+                    if int(cp.expires) == tick:
+                        waiting.append(cp)
+                    else:
+                        cp.queued = INF
+                        self._queue(cp)
+                else:
+                    cp.queued = INF
+                    self._expire_conn(cp, cp.expires)  # the timer fires at its own time
+            if waiting:
+                wheel.setdefault(tick, []).extend(waiting)
+                heapq.heappush(ticks, tick)
+                break
+        self._next_expiry = self._due(now)
+
+    def _due(self, now: float) -> float:
+        """When _expire has work next: the earliest pending expiry."""
+        ticks = self._ticks
+        if not ticks:
+            return INF
+        bucket = self._wheel.get(ticks[0], ())
+        if ticks[0] <= now:
+            return min((cp.expires for cp in bucket if cp.queued == ticks[0]), default=ticks[0] + 1.0)
+        return ticks[0]
 
     def _expire_conn(self, cp: Conn, now: float) -> None:
         """ip_vs_conn_expire(): a template still controlling connections is re-armed for 60 s."""
@@ -335,11 +372,11 @@ class IpvsMode:
         self._unlink(cp)
 
     def _unlink(self, cp: Conn) -> None:
-        cp.serial = -1
+        cp.queued = -1.0
         table = self.templates if cp.template else self.conns
         if cp.key is not None and table.get(cp.key) is cp:
             del table[cp.key]
-            if not cp.template and self.conns.get(reply_key(cp)) is cp:
+            if self.track_replies and not cp.template and self.conns.get(reply_key(cp)) is cp:
                 del self.conns[reply_key(cp)]
         if cp.control is not None:
             cp.control.n_control -= 1
@@ -347,17 +384,23 @@ class IpvsMode:
         cp.dest.unbound(cp.active, cp.template)
 
     def _arm(self, cp: Conn, now: float) -> None:
-        """(Re)start the timer (ip_vs_conn_put): a heap entry is added only
-        when the new expiry is earlier than the one already queued."""
-        cp.expires = now + cp.timeout
-        if cp.expires < cp.queued:
+        """(Re)start the timer (ip_vs_conn_put); the entry is queued again
+        only when it is now due in an earlier bucket."""
+        cp.expires = exp = now + cp.timeout
+        if exp < cp.queued:
             self._queue(cp)
+        elif exp < self._next_expiry:
+            self._next_expiry = exp
 
     def _queue(self, cp: Conn) -> None:
-        self._serial += 1
-        cp.serial = self._serial
-        cp.queued = cp.expires
-        heapq.heappush(self._heap, (cp.expires, cp.serial, cp))
+        tick = float(int(cp.expires))  # the whole second the timer ends in
+        cp.queued = tick
+        bucket = self._wheel.get(tick)
+        if bucket is None:
+            self._wheel[tick] = [cp]
+            heapq.heappush(self._ticks, tick)
+        else:
+            bucket.append(cp)
         self._next_expiry = min(self._next_expiry, cp.expires)
 
     def route(self, packet: Packet, now: float) -> Decision:
@@ -453,25 +496,31 @@ class IpvsMode:
         masq = self._masquerade(svc, packet, dest)
         cp.decision = self._decision(dest, svc, masq, True, lookups)
         self.conns[flow] = cp
-        self.conns[reply_key(cp)] = cp
+        if self.track_replies:
+            self.conns[reply_key(cp)] = cp
+        # The SYN moves NONE -> SYN_RECV (tcp_states INPUT syn): still inactive.
         if proto == TCP:
-            self._tcp_state(cp, INPUT, packet.flags)
+            cp.state = SR
+            cp.timeout = self.timeouts[SR]
         else:
             cp.timeout = self.udp_timeout
         self._arm(cp, now)
-        dest.stats[0] += 1
-        dest.stats[1] += 1
-        dest.stats[3] += packet.length
+        st = dest.stats
+        st[0] += 1
+        st[1] += 1
+        st[3] += packet.length
         return self._decision(dest, svc, masq, False, lookups)
 
     def _decision(self, dest: Dest, svc: Service, masq: bool, established: bool, lookups: int) -> Decision:
-        key = (masq, established, lookups, svc.spn)
-        dec = dest.decisions.get(key)
+        """The Decision for this server, built once: a server belongs to one
+        service, so only masquerading and new/established vary."""
+        cache = dest.decisions
+        key = (masq, established, lookups)
+        dec = cache.get(key)
         if dec is None:
-            dec = Decision(
+            dec = cache[key] = Decision(
                 Verdict.DNAT, (dest.addr, dest.port), masq, 0, 1 if established else lookups, svc.spn, established
             )
-            dest.decisions[key] = dec
         return dec  # type: ignore[return-value]
 
     def _persist(

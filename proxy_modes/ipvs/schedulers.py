@@ -44,6 +44,7 @@ class Dest:
     """struct ip_vs_dest: one real server of one virtual service."""
 
     __slots__ = (
+        "_text",
         "active",
         "addr",
         "available",
@@ -55,7 +56,6 @@ class Dest:
         "persist",
         "port",
         "stats",
-        "text",
         "u_threshold",
         "weight",
     )
@@ -72,11 +72,18 @@ class Dest:
         self.persist = 0
         self.available = True
         self.overloaded = False
-        self.text = f"{int_to_ip(addr)}:{port}"
+        self._text = ""
         # conns, inpkts, outpkts, inbytes, outbytes (ip_vs_stats)
         self.stats = [0, 0, 0, 0, 0]
         # Decisions the engine reuses for this destination (see engine.py).
         self.decisions: dict[object, object] = {}
+
+    @property
+    def text(self) -> str:
+        """ "ip:port", rendered on first use (most servers are never printed)."""
+        if not self._text:
+            self._text = f"{int_to_ip(self.addr)}:{self.port}"
+        return self._text
 
     @property
     def key(self) -> tuple[int, int]:

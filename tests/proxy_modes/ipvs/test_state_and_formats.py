@@ -31,7 +31,7 @@ def example_mode() -> IpvsMode:
 def test_virtual_servers_per_clusterip_and_nodeport_per_node_ip(example_mode: IpvsMode) -> None:
     keys = {(proto, addr, port) for proto, addr, port in example_mode.services}
     assert (TCP, parse_ip("192.168.0.2"), 30080) in keys
-    sticky = [s for s in example_mode.services.values() if s.port == 8080][0]
+    sticky = next(s for s in example_mode.services.values() if s.port == 8080)
     assert sticky.persistent and sticky.timeout == 10800
     assert all(d.weight == 1 for s in example_mode.services.values() for d in s.dests)
 
@@ -83,7 +83,9 @@ def test_largenum_and_the_wrapped_comparator() -> None:
 
 def test_sched_flags_in_listing_and_save() -> None:
     mode = IpvsMode(random.Random(0))
-    mode.load_capture("-A -t 172.30.0.1:80 -s mh -b mh-port\n-A -u 172.30.0.1:53 -s sh -b sh-fallback,sh-port\n", [], "x")
+    mode.load_capture(
+        "-A -t 172.30.0.1:80 -s mh -b mh-port\n-A -u 172.30.0.1:53 -s sh -b sh-fallback,sh-port\n", [], "x"
+    )
     listing = mode.dump()
     assert "TCP  172.30.0.1:80 mh (mh-port)\n" in listing
     assert "UDP  172.30.0.1:53 sh (sh-fallback,sh-port)\n" in listing
@@ -99,7 +101,9 @@ def test_ipsets_and_addresses(example_mode: IpvsMode) -> None:
     assert addrs[0].endswith(": kube-ipvs0: <BROADCAST,NOARP> mtu 1500 qdisc noop state DOWN group default qlen 1000")
     assert addrs[2].startswith("    inet ") and addrs[2].endswith("/32 scope global kube-ipvs0")
     rules = example_mode.dump_with(show="iptables")
-    assert '-A KUBE-SERVICES -m comment --comment "Kubernetes service cluster ip + port for masquerade purpose"' in rules
+    assert (
+        '-A KUBE-SERVICES -m comment --comment "Kubernetes service cluster ip + port for masquerade purpose"' in rules
+    )
     assert "-m set --match-set KUBE-CLUSTER-IP dst,dst ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ" in rules
     assert "-A KUBE-NODE-PORT -p tcp -m comment" in rules
 
@@ -123,8 +127,8 @@ def test_graceful_termination_tcp_goes_to_weight_zero_until_drained() -> None:
     first = mode.route(Packet(TCP, client, 1000, svc.addr, 80, flags=SYN), 0.0)
     mode.route(Packet(TCP, client, 1000, svc.addr, 80, flags=ACK), 0.1)
     # remove the endpoint that connection went to
-    (name, entry), = state.entries.items()
-    (spn, eps), = entry.endpoints.items()
+    ((name, entry),) = state.entries.items()
+    ((spn, eps),) = entry.endpoints.items()
     kept = tuple(ep for ep in eps if (ep.ip, ep.port) != first.endpoint)
     new_state = state.with_entry(name, ServiceEntry(entry.ports, {spn: kept}))
     mode.sync(view.with_state(new_state))
@@ -133,7 +137,9 @@ def test_graceful_termination_tcp_goes_to_weight_zero_until_drained() -> None:
     assert "Masq    0      1          0" in mode.dump()
     again = mode.route(Packet(TCP, client, 1000, svc.addr, 80, flags=ACK), 1.0)
     assert again.endpoint == first.endpoint  # the live connection keeps its server
-    assert all(mode.route(Packet(TCP, client, p, svc.addr, 80, flags=SYN), 2.0).endpoint != first.endpoint for p in range(5))
+    assert all(
+        mode.route(Packet(TCP, client, p, svc.addr, 80, flags=SYN), 2.0).endpoint != first.endpoint for p in range(5)
+    )
     mode.tick(500.0)  # the connection is still established (900 s)
     assert len(svc.dests) == 3
     mode.tick(1000.0)  # drained: kube-proxy deletes it at its next check
@@ -148,8 +154,8 @@ def test_graceful_termination_udp_deletes_at_once() -> None:
     mode.sync(view)
     svc = next(iter(mode.services.values()))
     first = mode.route(Packet(17, parse_ip("10.9.0.1"), 1000, svc.addr, 80, flags=0), 0.0)
-    (name, entry), = state.entries.items()
-    (spn, eps), = entry.endpoints.items()
+    ((name, entry),) = state.entries.items()
+    ((spn, eps),) = entry.endpoints.items()
     kept = tuple(ep for ep in eps if (ep.ip, ep.port) != first.endpoint)
     mode.sync(view.with_state(state.with_entry(name, ServiceEntry(entry.ports, {spn: kept}))))
     assert first.endpoint not in svc.dest_index
@@ -163,11 +169,11 @@ def test_external_traffic_policy_local_falls_back_to_cluster_endpoints() -> None
     state = build_state(cluster)
     mode = IpvsMode(random.Random(0))
     mode.sync(node_view(cluster, state, "node-3"))  # pods are on node-1 and node-2
-    nodeport = [s for s in mode.services.values() if s.kind == "NodePort"][0]
+    nodeport = next(s for s in mode.services.values() if s.kind == "NodePort")
     assert len(nodeport.dests) == 2  # no local endpoint: the Cluster ones (kubernetes#97081)
     mode1 = IpvsMode(random.Random(0))
     mode1.sync(node_view(cluster, state, "node-1"))
-    nodeport1 = [s for s in mode1.services.values() if s.kind == "NodePort"][0]
+    nodeport1 = next(s for s in mode1.services.values() if s.kind == "NodePort")
     assert len(nodeport1.dests) == 1
     assert "KUBE-NODE-PORT-LOCAL-TCP" in mode1.dump_with(show="iptables")
 
