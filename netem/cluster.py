@@ -35,6 +35,7 @@ from .objects import (
     Workload,
 )
 from .parse import (
+    CLUSTER_SCOPED,
     WORKLOAD_KINDS,
     fields_of,
     parse_endpoint_slice,
@@ -164,6 +165,7 @@ class ClusterBuilder:
         api_version = f.text("apiVersion", required=True)
         if not kind:
             return
+        f.where = where = _named_where(where, kind, obj.get("metadata"))
         served = API_VERSIONS.get(kind)
         if served is None:
             self.cluster.ignored[kind] += 1
@@ -276,6 +278,19 @@ class ClusterBuilder:
                 c.slices[key] = made + [s for s in c.slices.get(key, [])]
             elif key in self._endpoints:
                 c.slices[key] = c.slices.get(key, []) + mirror_endpoints(svc, self._endpoints[key])
+
+
+def _named_where(where: Where, kind: str, metadata: object) -> Where:
+    """The document's location labelled with its kind and name, when they can
+    be read, so even an error found before parsing says which object."""
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str):
+        return where.named(kind, "", "")
+    namespace = metadata.get("namespace")
+    if kind in CLUSTER_SCOPED:
+        namespace = ""
+    elif not isinstance(namespace, str) or not namespace:
+        namespace = "default"
+    return where.named(kind, namespace, metadata["name"])
 
 
 def build_cluster(documents: list[Document]) -> Cluster:
