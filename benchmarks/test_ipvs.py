@@ -4,8 +4,8 @@ Targets (issue 4): a new flow's decision at most 1.5 us median, an
 established flow's packet at most 0.5 us, flat from 100 to 30,000 services x
 10 endpoints, with rr and with persistence; building the IPVS state for 10k
 services x 10 endpoints at most 1 s. The curve is the `services` parameter.
-Under `--benchmark-disable` (the test run) only the smallest size runs, so
-the suite stays quick; the big tables are built once per session.
+The sizes come from benchmarks/conftest.py (only the smallest under
+`--benchmark-disable`); the big tables are built once per session.
 """
 
 from __future__ import annotations
@@ -23,17 +23,10 @@ from proxy_modes.ipvs.rules import VirtualServerSpec
 from proxy_modes.ipvs.schedulers import F_PERSISTENT
 from proxy_modes.view import build_state, node_view
 
-SIZES = (100, 1000, 10_000, 30_000)
 ENDPOINTS = 10
 FLOWS = 300_000  # distinct new flows prepared per benchmark
 SERVICE_BASE = (172 << 24) | (30 << 16)
 POD_BASE = (10 << 24) | (180 << 16)
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "services" in metafunc.fixturenames:
-        quick = metafunc.config.getoption("benchmark_disable", False)
-        metafunc.parametrize("services", SIZES[:1] if quick else SIZES, scope="session")
 
 
 _TABLES: dict[tuple[int, bool], IpvsMode] = {}
