@@ -131,11 +131,15 @@ class NodeNet:
 
     def lookup(self, dst: int) -> tuple[str, Route] | None:
         """fib_lookup(): ("local", route) or ("main", route); None is unreachable."""
-        route = self.local.lookup(dst)
-        if route is not None:
-            return ("local", route)
-        route = self.main.lookup(dst)
-        return None if route is None else ("main", route)
+        for mask, routes in self.local._probes:  # Table.lookup, inlined: the hot path
+            route = routes.get(dst & mask)
+            if route is not None:
+                return ("local", route)
+        for mask, routes in self.main._probes:
+            route = routes.get(dst & mask)
+            if route is not None:
+                return ("main", route)
+        return None
 
     def source_for(self, route: Route) -> int:
         """The source address `ip route get` reports: prefsrc, else the device's address."""

@@ -12,6 +12,7 @@ fractions), the reordered fraction with a gap (a renewal argument).
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from fractions import Fraction
@@ -383,3 +384,18 @@ def test_seed_gives_the_link_its_own_generator() -> None:
     b = send_all(Link.from_tc("delay 10ms 5ms seed 7", random.Random(2)), list(range(50)))
     c = send_all(Link.from_tc("delay 10ms 5ms", random.Random(2)), list(range(50)))
     assert a == b != c
+
+
+def test_delay_correlation_is_undone_by_the_modulo() -> None:
+    """tabledist() takes the smoothed u32 modulo 2*jitter: the smoothing is lost.
+
+    With 90% correlation, successive delays are still (nearly) uncorrelated
+    and keep the full uniform spread, as in the kernel.
+    """
+    lk = link("delay 100ms 10ms 90%", 5)
+    delays = [t - i * MS for t, i, _ in send_all(lk, [i * MS for i in range(50000)])]
+    mean = sum(delays) / len(delays)
+    var = sum((d - mean) ** 2 for d in delays) / len(delays)
+    lag1 = sum((a - mean) * (b - mean) for a, b in itertools.pairwise(delays)) / (len(delays) - 1) / var
+    assert abs(lag1) < 0.03
+    assert abs(math.sqrt(var) - 20 * MS / math.sqrt(12)) < 0.02 * 20 * MS / math.sqrt(12)
