@@ -157,6 +157,19 @@ class Hop(NamedTuple):
     next_hop: int  # the gateway, or the destination itself when on-link
     to: str  # what receives the packet: "node:NAME", "pod:NS/NAME", "local", "outside"
 
+    def text(self) -> str:
+        """`worker-1: 10.244.2.0/24 via 192.168.0.3 dev eth0 -> node:worker-2`."""
+        return f"{self.node}: {self.route.text().rstrip()} -> {self.to}"
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "node": self.node,
+            "table": self.table,
+            "route": self.route.text().rstrip(),
+            "next_hop": int_to_ip(self.next_hop),
+            "to": self.to,
+        }
+
 
 class Topology:
     """Every node's network, built from a cluster the way a host-gateway network would be."""
@@ -283,10 +296,13 @@ class Topology:
             start = self.node_of(dst)
             if start is None:
                 return []
+        return self.walk(start, dst, max_hops)
+
+    def walk(self, node: str, dst: int, max_hops: int = 16) -> list[Hop]:
+        """The forwarding decisions for `dst` from `node` on (after a proxy's DNAT, say)."""
         hops: list[Hop] = []
-        node = start
         for _ in range(max_hops):
-            net = self.nodes[node]
+            net = self.node(node)
             found = net.lookup(dst)
             if found is None:
                 return hops

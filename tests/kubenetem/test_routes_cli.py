@@ -48,3 +48,35 @@ def test_errors_are_one_line_and_exit_2(args: list[str], message: str, capsys: p
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == message + "\n"
+
+
+def test_trace_shows_the_hops_to_the_endpoint(capsys: pytest.CaptureFixture[str]) -> None:
+    """After the mode's DNAT, the node's routes carry the packet to the chosen pod."""
+    import json
+
+    args = ["trace", "-f", EXAMPLES, "--mode", "ipvs", "--node", "worker-1", "--src", "203.0.113.7"]
+    assert main([*args, "--dst", "192.168.0.2:30080", "--hops", "-o", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    endpoint = data["chosen"]["ip"]
+    hops = data["hops"]
+    assert hops[-1]["to"].startswith("pod:dev/web-") and hops[-1]["next_hop"] == endpoint
+    assert hops[0]["node"] == "worker-1"
+    if len(hops) == 2:  # the endpoint lives on worker-2: via its node IP first
+        assert hops[0] == {
+            "node": "worker-1",
+            "table": "main",
+            "route": "10.244.2.0/24 via 192.168.0.3 dev eth0",
+            "next_hop": "192.168.0.3",
+            "to": "node:worker-2",
+        }
+    assert main([*args, "--dst", "192.168.0.2:30080", "--hops"]) == 0
+    text = capsys.readouterr().out
+    assert "\nhops:\n  worker-1: " in text
+
+
+def test_trace_hops_need_manifests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dump = tmp_path / "ipvs.txt"
+    dump.write_text("")
+    args = ["trace", "--ipvsadm-save", str(dump), "--src", "10.0.0.1", "--dst", "10.0.0.2:80", "--hops"]
+    assert main(args) == 2
+    assert "--hops needs the cluster's manifests" in capsys.readouterr().err
