@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from tc_wire import dist_dir, require_real
+from kn_tc_wire import dist_dir, require_real
 
 from netem import distributions
 

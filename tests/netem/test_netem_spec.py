@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import fields
 
 import pytest
-from tc_wire import capture_many, dist_dir, kernel_state, require_real, tools_missing
+from kn_tc_wire import capture_many, dist_dir, kernel_state, require_real, tools_missing
 
 from netem import distributions
 from netem.errors import UsageError
