@@ -325,7 +325,13 @@ class Link:
             self._last = send_at
 
     def _queue(self, send_at: int, packet: Packet, marks: int, now: int) -> None:
-        """tfifo_enqueue() (exact), or the delivery itself (fast)."""
+        """tfifo_enqueue() (exact), or the delivery itself (fast).
+
+        The kernel keeps a list for in-order arrivals and an rbtree for the
+        rest, and takes the earlier of their heads (the list's on a tie); a
+        heap ordered by (time, arrival) gives the same order, since a tree
+        entry can never tie with a later list entry still queued.
+        """
         self._note_last(send_at)
         if self._mode == "fast":
             if send_at > now:
@@ -489,30 +495,32 @@ class Link:
     # -- the qdisc interface --
 
     def enqueue(self, packet: Packet, now: int, ect: bool = False) -> list[Delivery]:
-        """netem_enqueue() and the qdisc run after it: what leaves at `now`.
+        """netem_enqueue() and the qdisc run after it: what leaves by `now`.
 
-        If the watchdog was due by `now` it fires first (one legal order of
-        two events at the same instant).
+        A watchdog due by `now` fires first, at its own time (for one at the
+        same instant, that is one legal order of two simultaneous events).
         """
         if self._mode != "exact":
             self._start("exact")
         out: list[Delivery] = []
-        if self.wakeup is not None and self.wakeup <= now:
-            self._run(now, out)
+        self._catch_up(now, out)
         self._netem_enqueue(packet, now, ect, len(self._tfifo) + len(self._head))
         self._run(now, out)
         return out
 
     def dequeue(self, now: int) -> list[Delivery]:
-        """The watchdog fired at `now`: every packet that leaves now, in order.
+        """The watchdog fired: every packet that leaves by `now`, in order, with its time.
 
         A call before `wakeup` (a stale timer) does nothing, as in the kernel.
         """
-        if self.wakeup is None or self.wakeup > now:
-            return []
         out: list[Delivery] = []
-        self._run(now, out)
+        self._catch_up(now, out)
         return out
+
+    def _catch_up(self, now: int, out: list[Delivery]) -> None:
+        """Fire every watchdog due by `now`, each at its own time (they only move forward)."""
+        while self.wakeup is not None and self.wakeup <= now:
+            self._run(self.wakeup, out)
 
     def _run(self, now: int, out: list[Delivery]) -> None:
         """qdisc_run(): netem_dequeue() until it returns nothing, then the watchdog."""

@@ -399,3 +399,12 @@ def test_delay_correlation_is_undone_by_the_modulo() -> None:
     lag1 = sum((a - mean) * (b - mean) for a, b in itertools.pairwise(delays)) / (len(delays) - 1) / var
     assert abs(lag1) < 0.03
     assert abs(math.sqrt(var) - 20 * MS / math.sqrt(12)) < 0.02 * 20 * MS / math.sqrt(12)
+
+
+def test_a_late_call_fires_each_missed_watchdog_at_its_time() -> None:
+    lk = link("delay 10ms")
+    assert lk.enqueue(pkt(0), 0) == []
+    assert lk.enqueue(pkt(1), 4 * MS) == []
+    # Nobody called dequeue at 10 ms and 14 ms: the next call delivers them with those times.
+    assert [(t, p.src) for t, p, _ in lk.enqueue(pkt(2), 25 * MS)] == [(10 * MS, 0), (14 * MS, 1)]
+    assert lk.wakeup == 35 * MS
