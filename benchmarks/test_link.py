@@ -67,6 +67,24 @@ def test_link_send(benchmark: Callable[..., object], name: str, request: pytest.
     per_packet(benchmark, n)  # type: ignore[arg-type]
 
 
+def test_loop_baseline(benchmark: Callable[..., object], request: pytest.FixtureRequest) -> None:
+    """The same loop around a function that only builds the delivery: the part not the link's."""
+    n = batch_size(request.config)
+    packets, times = traffic(n)
+
+    def deliver(packet: Packet, now: int) -> list[tuple[int, Packet, int]]:
+        return [(now, packet, 0)]
+
+    def run() -> int:
+        delivered = 0
+        for packet, now in zip(packets, times, strict=True):
+            delivered += len(deliver(packet, now))
+        return delivered
+
+    assert benchmark(run) == n
+    per_packet(benchmark, n)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("name", ["delay", "slot"])
 def test_link_enqueue_dequeue(benchmark: Callable[..., object], name: str, request: pytest.FixtureRequest) -> None:
     """The qdisc interface (needed for `slot`): enqueue, then dequeue at every wakeup."""

@@ -48,7 +48,7 @@ from .netem_spec import CLG_4_STATES, CLG_RANDOM, NS_PER_SEC, NetemSpec, parse_n
 
 if TYPE_CHECKING:
     import random
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from .packet import Packet
 
@@ -150,9 +150,11 @@ class Link:
         self._fifo: deque[int] = deque()  # fast mode, times that only grow
         self._seq = 0
         self._last: int | None = None  # the latest time_to_send still queued (rate)
-        self._mode = ""
+        self._mode = "fast"  # until enqueue() is used
         self._out: list[Delivery] = []
         self.wakeup: int | None = None
+        self.stats.at_enqueue = True
+        self.send = self._pick_send()  # type: ignore[method-assign,assignment]
 
     @classmethod
     def from_tc(
@@ -357,20 +359,27 @@ class Link:
         """Enqueue `packet` at `now`: the copies that leave, each with its time.
 
         `ect`: the packet is ECN-capable (ECT(0), ECT(1) or CE), so `ecn`
-        marks it instead of dropping it. The first call picks the cheapest
-        implementation for this configuration (all equal the qdisc walk; a
-        differential test holds them together) and binds it as `send`.
+        marks it instead of dropping it. Each link binds the cheapest
+        implementation for its configuration as `send` when it is made (all
+        equal the qdisc walk; a differential test holds them together), so
+        this method only documents them.
         """
-        self._start("fast")
+        return self._pick_send()(packet, now, ect)
+
+    def _pick_send(self) -> Callable[[Packet, int, bool], list[Delivery]]:
         spec = self.spec
+        if self.slot:
+            return self._send_refused
         if spec.duplicate or spec.corrupt or spec.gap:
-            impl = self._send_general
-        elif spec.jitter or self._has_loss:
-            impl = self._send_simple
-        else:
-            impl = self._send_steady
-        self.send = impl  # type: ignore[method-assign]
-        return impl(packet, now, ect)
+            return self._send_general
+        if spec.jitter or self._has_loss:
+            return self._send_simple
+        return self._send_steady
+
+    def _send_refused(self, packet: Packet, now: int, ect: bool = False) -> list[Delivery]:
+        if self._mode == "exact":
+            raise RuntimeError("this link is driven with enqueue()/dequeue(); do not mix in send()")
+        raise RuntimeError("a link with `slot` leaves packets at slot times: use enqueue()/dequeue()")
 
     def _send_general(self, packet: Packet, now: int, ect: bool = False) -> list[Delivery]:
         """Any configuration but slots: netem_enqueue() as written."""
@@ -484,14 +493,6 @@ class Link:
             return [(send_at, packet, marks)]
         return [(now, packet, marks)]
 
-    def _start(self, mode: str) -> None:
-        if self._mode and self._mode != mode:
-            raise RuntimeError(f"this link is driven with {'send()' if self._mode == 'fast' else 'enqueue()'}")
-        if mode == "fast" and self.slot:
-            raise RuntimeError("a link with `slot` leaves packets at slot times: use enqueue()/dequeue()")
-        self._mode = mode
-        self.stats.at_enqueue = mode == "fast"
-
     # -- the qdisc interface --
 
     def enqueue(self, packet: Packet, now: int, ect: bool = False) -> list[Delivery]:
@@ -501,12 +502,20 @@ class Link:
         same instant, that is one legal order of two simultaneous events).
         """
         if self._mode != "exact":
-            self._start("exact")
+            self._start_exact()
         out: list[Delivery] = []
         self._catch_up(now, out)
         self._netem_enqueue(packet, now, ect, len(self._tfifo) + len(self._head))
         self._run(now, out)
         return out
+
+    def _start_exact(self) -> None:
+        stats = self.stats
+        if stats.packets or stats.lost or stats.overlimits:  # every send() counts in one of these
+            raise RuntimeError("this link is driven with send(); do not mix in enqueue()/dequeue()")
+        self._mode = "exact"
+        stats.at_enqueue = False
+        self.send = self._send_refused  # type: ignore[method-assign]
 
     def dequeue(self, now: int) -> list[Delivery]:
         """The watchdog fired: every packet that leaves by `now`, in order, with its time.

@@ -408,3 +408,14 @@ def test_a_late_call_fires_each_missed_watchdog_at_its_time() -> None:
     # Nobody called dequeue at 10 ms and 14 ms: the next call delivers them with those times.
     assert [(t, p.src) for t, p, _ in lk.enqueue(pkt(2), 25 * MS)] == [(10 * MS, 0), (14 * MS, 1)]
     assert lk.wakeup == 35 * MS
+
+
+def test_one_interface_per_link() -> None:
+    fast = link("delay 1ms")
+    fast.send(pkt(0), 0)
+    with pytest.raises(RuntimeError, match="driven with send"):
+        fast.enqueue(pkt(1), 0)
+    exact = link("delay 1ms")
+    exact.enqueue(pkt(0), 0)
+    with pytest.raises(RuntimeError, match="driven with enqueue"):
+        exact.send(pkt(1), 0)
