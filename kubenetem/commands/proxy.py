@@ -21,7 +21,7 @@ import sys
 
 from netem.addr import parse_ip
 from netem.errors import UsageError
-from proxy_modes.userspace.server import ProxyServer, ServiceSpec, specs_from_view
+from proxy_modes.userspace.server import PIPE_SIZE, ProxyServer, ServiceSpec, specs_from_view
 from proxy_modes.view import build_state, node_view
 
 from .common import add_files, add_node, load
@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: run until a signal)")
     p.add_argument("--grace", type=float, default=5.0, metavar="S", help="shutdown grace period (default 5 s)")
+    p.add_argument(
+        "--pipe-size", type=int, default=PIPE_SIZE, metavar="BYTES", help=f"splice pipe per direction (default {PIPE_SIZE})"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for the endpoint shuffle (default 0)")
     p.set_defaults(handler=run)
 
@@ -56,11 +59,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--listen: not an IPv4 address: {args.listen!r}") from None
     if args.duration is not None and args.duration < 0:
         raise UsageError(f"--duration must not be negative (got {args.duration})")
+    if not 4096 <= args.pipe_size <= 1 << 30:
+        raise UsageError(f"--pipe-size must be between 4096 and 1 GiB (got {args.pipe_size})")
     specs = _specs(args)
     server = ProxyServer(
         listen_ip=args.listen,
         rng=random.Random(args.seed),
         half_close=not args.close_on_eof,
+        pipe_size=args.pipe_size,
         may_dial=(lambda ip: True) if args.dial_any else (lambda ip: ip >> 24 == 127),
     )
     return asyncio.run(_serve(server, specs, args))

@@ -405,6 +405,17 @@ class UserspaceMode:
         found = np.get((packet.proto, packet.dport))
         return found if found is not None else (None, None, miss[1])
 
+    def decide(self, packet: Packet, now: float) -> Endpoint | None:
+        """kube-proxy's own decision for a new connection, without the
+        kernel's bookkeeping: the portal it arrives on and the endpoint the
+        proxy connects it to (None: no portal, or no endpoint could be dialled)."""
+        portal, _, _ = self.find_portal(packet)
+        if portal is None:
+            return None
+        if packet.proto == UDP:
+            return self._udp_endpoint(portal, packet, now, None)
+        return self._dial(portal, packet.src, now, None)
+
     def route(self, packet: Packet, now: float) -> Decision:
         return self._route(packet, now, None)
 
@@ -419,6 +430,8 @@ class UserspaceMode:
             ep = self._udp_endpoint(portal, packet, now, steps)
         else:
             ep = self._dial(portal, packet.src, now, steps)
+        # The kernel remembers the REDIRECT; kube-proxy's own connection to
+        # the endpoint is a second, local flow, not tracked here.
         self.conntrack.create(packet[:5], now, self._redirect_to(packet, rule), flags=packet.flags, data=(portal, ep))
         lookups = 3 if portal.balancer.affinity else 2  # conntrack, the proxy's balancer, its affinity map
         if ep is None:

@@ -168,31 +168,38 @@ class _Pump:
         self.loop.add_reader(self.src.fileno(), self.on_readable)
 
     def on_readable(self) -> None:
+        """Fill the pipe from the source and drain it to the destination, a
+        few rounds per wake-up (each wake-up costs more than a splice)."""
+        src_fd, pipe_w = self.src.fileno(), self.pipe[1]
         size = self.conn.server.pipes.capacity
-        try:
-            n = os.splice(self.src.fileno(), self.pipe[1], size - self.buffered, flags=SPLICE_FLAGS)
-        except BlockingIOError:
-            # Nothing to read, or the pipe is out of slots (a pipe holds a
-            # number of buffers, not of bytes): then wait for the writer,
-            # which is armed whenever something is buffered.
-            if self.buffered:
+        for _ in range(4):
+            try:
+                n = os.splice(src_fd, pipe_w, size - self.buffered, flags=SPLICE_FLAGS)
+            except BlockingIOError:
+                # Nothing to read, or the pipe is out of slots (a pipe holds a
+                # number of buffers, not of bytes): then wait for the writer,
+                # which is armed whenever something is buffered.
+                if self.buffered:
+                    self._stop_reading()
+                return
+            except _FATAL:
+                self.conn.abort()
+                return
+            if n == 0:
+                self.eof = True
                 self._stop_reading()
-            return
-        except _FATAL:
-            self.conn.abort()
-            return
-        if n == 0:
-            self.eof = True
-            self._stop_reading()
-        else:
+                self.flush()
+                return
             self.buffered += n
             if self.up:
                 self.conn.server.stats.bytes_up += n
             else:
                 self.conn.server.stats.bytes_down += n
-        self.flush()
+            if not self.flush() or n < size // 2:
+                return
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
+        """Drain the pipe; False if the destination is full (or gone)."""
         dst_fd = self.dst.fileno()
         while self.buffered:
             try:
@@ -203,19 +210,21 @@ class _Pump:
                     self.loop.add_writer(dst_fd, self.flush)
                 if self.buffered >= self.conn.server.pipes.capacity:
                     self._stop_reading()  # backpressure: the pipe is full
-                return
+                return False
             except _FATAL:
                 self.conn.abort()
-                return
+                return False
             self.buffered -= n
         if self.writing:
             self.writing = False
             self.loop.remove_writer(dst_fd)
         if self.eof:
             self.conn.direction_done(self)
-        elif not self.reading:
+            return False
+        if not self.reading:
             self.reading = True
             self.loop.add_reader(self.src.fileno(), self.on_readable)
+        return True
 
     def _stop_reading(self) -> None:
         if self.reading:
@@ -266,7 +275,11 @@ class _TcpConn:
             up = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             up.setblocking(False)
             up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # Go's default
-            err = up.connect_ex((int_to_ip(ip), port))
+            err = up.connect_ex(server.address(ip, port))
+            if err == errno.EINPROGRESS:
+                # On loopback the handshake is usually over before connect()
+                # returns: one getsockopt spares a wake-up and a timer.
+                err = up.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or _connected(up)
             if err == 0:
                 self.upstream = up
                 self.connected()
@@ -506,6 +519,15 @@ class _UdpListener:
             self.sock.close()
 
 
+def _connected(sock: socket.socket) -> int:
+    """0 if a non-blocking connect has completed, else EINPROGRESS."""
+    try:
+        sock.getpeername()
+    except OSError:
+        return errno.EINPROGRESS
+    return 0
+
+
 def loopback_only(ip: int) -> bool:
     return ip >> 24 == 127
 
@@ -531,6 +553,7 @@ class ProxyServer:
         self.listeners: dict[ServicePortName, _TcpListener | _UdpListener] = {}
         self.specs: dict[ServicePortName, ServiceSpec] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._addresses: dict[Endpoint, tuple[str, int]] = {}
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -573,6 +596,16 @@ class ProxyServer:
         except BaseException:
             sock.close()
             raise
+
+    def address(self, ip: int, port: int) -> tuple[str, int]:
+        """(text, port) of an endpoint, cached: formatting costs more than a dial's syscall."""
+        key = (ip, port)
+        addr = self._addresses.get(key)
+        if addr is None:
+            if len(self._addresses) > 65536:
+                self._addresses.clear()
+            addr = self._addresses[key] = (int_to_ip(ip), port)
+        return addr
 
     def ports(self) -> dict[ServicePortName, int]:
         """The local port serving each service port."""
