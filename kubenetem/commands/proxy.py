@@ -41,7 +41,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: run until a signal)")
     p.add_argument("--grace", type=float, default=5.0, metavar="S", help="shutdown grace period (default 5 s)")
     p.add_argument(
-        "--pipe-size", type=int, default=PIPE_SIZE, metavar="BYTES", help=f"splice pipe per direction (default {PIPE_SIZE})"
+        "--pipe-size",
+        type=int,
+        default=PIPE_SIZE,
+        metavar="BYTES",
+        help=f"splice pipe per direction (default {PIPE_SIZE})",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for the endpoint shuffle (default 0)")
     p.set_defaults(handler=run)

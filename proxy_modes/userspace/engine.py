@@ -218,7 +218,9 @@ class PortAllocator:
             if port not in self.used:
                 self.used.add(port)
                 return port
-        raise RuntimeError("port allocation failed; there are no remaining ports left to allocate in the accepted range")
+        raise RuntimeError(
+            "port allocation failed; there are no remaining ports left to allocate in the accepted range"
+        )
 
     def release(self, port: int) -> None:
         self.used.discard(port)
@@ -444,9 +446,7 @@ class UserspaceMode:
         # here that is the node's address (a pod bridge would give its own).
         return (rule.to_ip or self.host_ip, rule.to_port)
 
-    def _established(
-        self, packet: Packet, now: float, hit: tuple[CtEntry, int], steps: list[Step] | None
-    ) -> Decision:
+    def _established(self, packet: Packet, now: float, hit: tuple[CtEntry, int], steps: list[Step] | None) -> Decision:
         entry, direction = hit
         self.conntrack.update(entry, direction, packet.flags, now)
         data = entry.data
