@@ -9,5 +9,6 @@ COMMANDS = [
     "validate",
     "rules",
     "trace",
+    "demo",
     "proxy",
 ]
