@@ -37,7 +37,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import quick
 
 from kubenetem.scenarios import synthetic_cluster
 from netem.packet import TCP, Packet
@@ -95,7 +94,7 @@ def test_decision_per_new_connection(benchmark, services: int) -> None:  # type:
     def batch() -> int:
         return sum(1 for p in packets if decide(p, 1.0) is not None)
 
-    assert benchmark.pedantic(batch, rounds=1 if quick(benchmark._config) else 200, iterations=1) == BATCH
+    assert benchmark.pedantic(batch, rounds=1 if benchmark.disabled else 200, iterations=1) == BATCH
     if benchmark.stats:
         benchmark.extra_info["median_us_per_connection"] = benchmark.stats.stats.median / BATCH * 1e6
 
@@ -109,7 +108,7 @@ def test_route_per_new_connection(benchmark, services: int) -> None:  # type: ig
         mode.conntrack.flush()
         return sum(1 for p in packets if mode.route(p, 1.0).endpoint is not None)
 
-    assert benchmark.pedantic(batch, rounds=1 if quick(benchmark._config) else 100, iterations=1) == BATCH
+    assert benchmark.pedantic(batch, rounds=1 if benchmark.disabled else 100, iterations=1) == BATCH
     if benchmark.stats:
         benchmark.extra_info["median_us_per_connection"] = benchmark.stats.stats.median / BATCH * 1e6
 
@@ -217,7 +216,7 @@ def connection_rate(port: int, count: int) -> float:
 @pytest.mark.benchmark(group="userspace: real proxy vs direct vs HAProxy")
 def test_real_proxy_against_direct_and_haproxy(benchmark) -> None:  # type: ignore[no-untyped-def]
     haproxy = _haproxy()
-    fast = quick(benchmark._config)
+    fast = benchmark.disabled
     nbytes, conns, rounds = (32 << 20, 200, 1) if fast else (2 << 30, 3000, 3)
     with tempfile.TemporaryDirectory(prefix="kn-us-bench-") as tmp, _process([sys.executable, "-c", SINK]) as sink:
         assert sink.stdout is not None

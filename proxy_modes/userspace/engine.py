@@ -270,6 +270,7 @@ class UserspaceMode:
         self.udp_idle_timeout = DEFAULT_UDP_IDLE_TIMEOUT
         self.last_latency = 0.0  # dial time the last new connection waited
         self._ports: PortAllocator | None = None
+        self.unallocated: set[ServicePortName] = set()  # no proxy port left for them
         self._synced = False
         # the index: (proto, dst, dport) -> (portal, rule, rules evaluated), per entry chain
         self._container: dict[tuple[int, int, int], tuple[Portal, r.Rule, int]] = {}
@@ -315,6 +316,7 @@ class UserspaceMode:
     def _merge_services(self, infos: dict[ServicePortName, ServicePortInfo]) -> int:
         assert self._ports is not None
         changed = 0
+        self.unallocated &= set(infos)
         for name in sorted(set(self.portals) - set(infos)):  # unmergeService
             portal = self.portals.pop(name)
             self._ports.release(portal.proxy_port)
@@ -331,8 +333,17 @@ class UserspaceMode:
                 continue
             if old is not None:
                 self._ports.release(old.proxy_port)
+            try:
+                port = self._ports.allocate()
+            except RuntimeError:
+                # mergeService: "failed to allocate proxy port" is logged and
+                # the service port is skipped: more service ports than proxy ports.
+                self.portals.pop(name, None)
+                self.unallocated.add(name)
+                continue
+            self.unallocated.discard(name)
             balancer = self.lb.new_service(name, info.session_affinity, info.sticky_seconds)
-            self.portals[name] = Portal(name, info, self._ports.allocate(), balancer, key)
+            self.portals[name] = Portal(name, info, port, balancer, key)
             changed += 1
         return changed
 
@@ -630,4 +641,5 @@ class UserspaceMode:
             aff = f"ClientIP {b.ttl}s ({len(b.clients)} clients)" if b.affinity else "None"
             lines.append(f"{portal.name}\t{proto_name(portal.info.protocol)}\t{portal.proxy_port}\t{b.index}\t"
                          f"{order}\t{aff}")  # fmt: skip
+        lines += [f"{name}\t-\t<no proxy port left>\t-\t-\t-" for name in sorted(self.unallocated)]
         return "\n".join(lines) + "\n"

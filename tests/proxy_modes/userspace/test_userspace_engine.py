@@ -313,3 +313,13 @@ def test_registered_and_shows_proxy_state(basic: Cluster) -> None:
     mode.sync(view_of(basic))
     table = mode.dump_with(show="proxy")  # type: ignore[attr-defined]
     assert "ns/web:p" in table and "ClientIP 10800s" in table
+
+
+def test_more_service_ports_than_proxy_ports_skips_the_rest(tmp_path: Path) -> None:
+    config = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nportRange: 36000-36001\n"
+    docs = [service(f"s{i}", f"172.30.0.{i + 1}", ["10.180.0.1"]) for i in range(3)]
+    mode = synced(write_cluster(tmp_path, *docs, config=config))
+    assert len(mode.portals) == 2 and len(mode.unallocated) == 1
+    assert {p.proxy_port for p in mode.portals.values()} == {36000, 36001}
+    skipped = next(iter(mode.unallocated))
+    assert "<no proxy port left>" in mode.proxy_table() and str(skipped) not in mode.dump()
