@@ -422,10 +422,17 @@ class UserspaceMode:
         """kube-proxy's own decision for a new connection, without the
         kernel's bookkeeping: the portal it arrives on and the endpoint the
         proxy connects it to (None: no portal, or no endpoint could be dialled)."""
+        proto = packet.proto
+        if proto == TCP and not packet.local and not self.dead:
+            # The common case inlined: a ClusterIP portal, every dial succeeds.
+            hit = self._container.get((TCP, packet.dst, packet.dport))
+            if hit is not None and not hit[1].dst_local:
+                self.last_latency = 0.0
+                return hit[0].balancer.next(packet.src, now)
         portal, _, _ = self.find_portal(packet)
         if portal is None:
             return None
-        if packet.proto == UDP:
+        if proto == UDP:
             return self._udp_endpoint(portal, packet, now, None)
         return self._dial(portal, packet.src, now, None)
 
