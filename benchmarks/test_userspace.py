@@ -251,7 +251,7 @@ def test_real_proxy_against_direct_and_haproxy(benchmark) -> None:  # type: igno
     benchmark.extra_info["bulk_vs_haproxy"] = round(ratio_bulk, 2)
     benchmark.extra_info["rate_vs_haproxy"] = round(ratio_rate, 2)
     print(
-        "\nuserspace proxy on loopback (best of %d rounds, %d MiB bulk, %d connections):\n" % (rounds, nbytes >> 20, conns)
+        f"\nuserspace proxy on loopback (best of {rounds} rounds, {nbytes >> 20} MiB bulk, {conns} connections):\n"
         + "".join(f"  {n:<10} {g:6.2f} Gbit/s  {r:8.0f} conn/s\n" for n, (g, r) in best.items())
         + f"  kubenetem/haproxy: bulk x{ratio_bulk:.2f} (target >= 1), rate x{ratio_rate:.2f} (target >= 0.5)"
     )
