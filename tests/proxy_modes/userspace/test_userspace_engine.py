@@ -323,3 +323,18 @@ def test_more_service_ports_than_proxy_ports_skips_the_rest(tmp_path: Path) -> N
     assert {p.proxy_port for p in mode.portals.values()} == {36000, 36001}
     skipped = next(iter(mode.unallocated))
     assert "<no proxy port left>" in mode.proxy_table() and str(skipped) not in mode.dump()
+
+
+def test_bad_userspace_config_is_one_line_each(tmp_path: Path) -> None:
+    from netem.errors import ValidationErrors
+
+    config = (
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
+        "portRange: 9-x\nbindAddress: nope\nudpIdleTimeout: soon\n"
+    )
+    with pytest.raises(ValidationErrors) as caught:
+        write_cluster(tmp_path, config=config)
+    lines = [e.line() for e in caught.value.errors]
+    assert any("portRange: must be a port range" in line for line in lines)
+    assert any("bindAddress: must be a valid IP address (got 'nope')" in line for line in lines)
+    assert any("udpIdleTimeout: must be a duration" in line for line in lines)
