@@ -10,5 +10,6 @@ COMMANDS = [
     "rules",
     "trace",
     "demo",
+    "proxy",
     "routes",
 ]
