@@ -474,7 +474,7 @@ class IpvsMode:
         st[0] += 1
         st[1] += 1
         st[3] += packet.length
-        return pair[0]  # type: ignore[index,no-any-return]
+        return pair[0]  # type: ignore[index]
 
     def _existing(self, cp: Conn, packet: Packet, now: float, flow: tuple[int, ...]) -> Decision:
         direction = INPUT if cp.key == flow else OUTPUT
