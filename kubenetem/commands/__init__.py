@@ -9,4 +9,7 @@ COMMANDS = [
     "validate",
     "rules",
     "trace",
+    "demo",
+    "proxy",
+    "routes",
 ]
