@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from iptables_lab import NODE_IP, SERVICES, Lab, load_view, manifest, open_lab
+from kn_iptables_lab import NODE_IP, SERVICES, Lab, load_view, manifest, open_lab
 
 from netem.addr import int_to_ip, parse_ip
 from netem.netns import Host

@@ -12,7 +12,7 @@ canonical form below erases that difference).
 
 from __future__ import annotations
 
-from ipt_fixtures import ep, port, state, view
+from kn_iptables_views import ep, port, state, view
 
 from proxy_modes.iptables import rules, syntax
 

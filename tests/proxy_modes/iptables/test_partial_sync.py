@@ -10,7 +10,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ipt_fixtures import ep, port, state, view
+from kn_iptables_views import ep, port, state, view
 
 from proxy_modes.iptables import rules, syntax
 from proxy_modes.iptables.mode import IptablesMode
