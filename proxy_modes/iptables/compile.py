@@ -2,18 +2,22 @@
 
 A chain becomes one function `chain(st) -> int` whose body is the chain's
 rules as straight-line `if` statements: the IP part and simple matches
-(ports, mark, conntrack state) inlined, other matches called in order, the
-target as a few statements (a jump calls the target chain's function; 0 means
-"returned", 1/2/3 are ACCEPT/DROP/REJECT). It evaluates exactly the rules a
-literal walk evaluates, in the same order, and counts them the same way (the
-differential test checks this against `Netfilter(literal=True)`).
+(ports, mark, conntrack state, random statistic) inlined, other matches
+called in order, the target as a few statements (a jump calls the target
+chain's function; 0 means "returned", 1/2/3 are ACCEPT/DROP/REJECT). It
+evaluates exactly the rules a literal walk evaluates, in the same order,
+draws the same random numbers, and counts the rules the same way (the
+differential test holds it to `Netfilter(literal=True)`).
 
 To keep compiling cheap, the source is written with every value as a
 parameter (`k0`, `k1`, ...), so chains of the same shape (every KUBE-SEP
 chain, every KUBE-SVC chain with n endpoints) share one compiled factory and
-differ only in the constants passed to it. Long chains (KUBE-SERVICES,
-KUBE-NODEPORTS) are not compiled: they run through their index, which skips
-the rules that cannot match while still counting them.
+differ only in the constants passed to it. A jump to a chain that is empty
+when compiled is not called (it would return at once); the compiled function
+remembers which chains it looked at and is rebuilt if any of them changed.
+Long chains (KUBE-SERVICES, KUBE-NODEPORTS) are not inlined: they run
+through their index, which skips the rules that cannot match (still
+counting them), with each candidate's test compiled the same way.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ if TYPE_CHECKING:
     from .engine import ChainIndex, Netfilter
 
 ChainFn = Callable[[xt.PacketState], int]
-_FACTORIES: dict[str, Callable[..., ChainFn]] = {}
+_FACTORIES: dict[str, Callable[..., Any]] = {}
 INLINE_MAX_RULES = 16  # longer chains use their index instead
 
 
@@ -42,44 +46,68 @@ class Registry(dict[str, ChainFn]):
         super().__init__()
         self.nf = nf
         self.table = table
+        self.dependents: dict[str, set[str]] = {}  # chain -> compiled chains that relied on it
 
     def __missing__(self, name: str) -> ChainFn:
-        chain = self.table.chains[name]
+        chains = self.table.chains
+        chain = chains[name]
         cached = chain.compiled
-        if cached is not None and cached[0] is self.nf:
+        if cached is not None and cached[0] is self.nf and all(chains.get(n) is c for n, c in cached[2]):
             fn: ChainFn = cached[1]
+            deps = cached[2]
         else:
-            fn = compile_chain(self.nf, self, chain)
-            chain.compiled = (self.nf, fn)
+            fn, deps = compile_chain(self.nf, self, chain)
+            chain.compiled = (self.nf, fn, deps)
+        for dep, _ in deps:
+            self.dependents.setdefault(dep, set()).add(name)
         self[name] = fn
         return fn
+
+    def invalidate(self, names: set[str]) -> None:
+        """Forget the compiled form of these chains and of those compiled
+        with knowledge of them (the next use looks again)."""
+        for name in names:
+            self.pop(name, None)
+            for dependent in self.dependents.pop(name, ()):
+                self.pop(dependent, None)
 
 
 def _no_rng(bits: int) -> int:
     raise RuntimeError("this ruleset draws random numbers (statistic --mode random): give the engine an rng")
 
 
-def compile_chain(nf: Netfilter, registry: Registry, chain: Chain) -> ChainFn:
-    from .engine import build_index
-
-    if len(chain.rules) >= INLINE_MAX_RULES and not nf.literal:
-        index = chain.index
-        if index is None:
-            index = chain.index = build_index(chain) or False
-        return _indexed(nf, registry, chain, index or None)
-    source, consts = chain_source(chain, nf.labels)
+def _factory(source: str) -> Callable[..., Any]:
     factory = _FACTORIES.get(source)
     if factory is None:
         namespace: dict[str, Any] = {}
         exec(compile(source, "<iptables chain>", "exec"), namespace)
         factory = _FACTORIES[source] = namespace["factory"]
+    return factory
+
+
+def compile_chain(nf: Netfilter, registry: Registry, chain: Chain) -> tuple[ChainFn, tuple[tuple[str, Chain], ...]]:
+    """The chain's function and the other chains it depends on (by identity)."""
+    from .engine import build_index
+
     rand = nf.rng.getrandbits if nf.rng is not None else _no_rng
-    return factory(registry, nf._nat, rand, *consts)
+    if len(chain.rules) >= INLINE_MAX_RULES and not nf.literal:
+        index = chain.index
+        if index is None:
+            index = chain.index = build_index(chain) or False
+        return _indexed(nf, registry, chain, index or None, rand), ()
+    chains = registry.table.chains
+    source, consts, deps = chain_source(chain, nf.labels, chains)
+    fn: ChainFn = _factory(source)(registry, nf._nat, rand, *consts)
+    return fn, tuple((name, chains[name]) for name in deps)
 
 
-def chain_source(chain: Chain, labels: Mapping[str, object] | None = None) -> tuple[str, list[Any]]:
-    """The factory's source (values as parameters) and the values."""
+def chain_source(
+    chain: Chain, labels: Mapping[str, object] | None = None, chains: Mapping[str, Chain] | None = None
+) -> tuple[str, list[Any], list[str]]:
+    """The factory's source (values as parameters), the values, and the
+    chains whose emptiness the source relies on."""
     consts: list[Any] = []
+    deps: list[str] = []
 
     def k(value: Any) -> str:
         consts.append(value)
@@ -90,14 +118,30 @@ def chain_source(chain: Chain, labels: Mapping[str, object] | None = None) -> tu
         body.append("        st.pure = False")  # random or stateful matches ahead: never cache this walk
     for i, rule in enumerate(chain.rules):
         cond = _condition(rule, k)
-        action = _action(rule, i + 1, k, labels or {})
+        action = _action(rule, i + 1, k, labels or {}, chains, deps)
         body.append(f"        if {cond}:" if cond else "        if True:")
         body += [f"            {line}" for line in action]
     body.append(f"        st.rules += {len(chain.rules)} - base")
     body.append("        return 0")
     params = ", ".join(f"k{i}" for i in range(len(consts)))
     head = f"def factory(FN, NAT, RAND{', ' + params if params else ''}):"
-    return "\n".join([head, *body, "    return chain", ""]), consts
+    return "\n".join([head, *body, "    return chain", ""]), consts, deps
+
+
+def rule_test(rule: Rule, rand: Callable[[int], int]) -> Callable[[xt.PacketState], bool]:
+    """The rule's test as a compiled function (for indexed chains)."""
+    consts: list[Any] = []
+
+    def k(value: Any) -> str:
+        consts.append(value)
+        return f"k{len(consts) - 1}"
+
+    cond = _condition(rule, k) or "True"
+    params = ", ".join(f"k{i}" for i in range(len(consts)))
+    head = f"def factory(RAND{', ' + params if params else ''}):"
+    source = f"{head}\n    def test(st):\n        return {cond}\n    return test\n"
+    test: Callable[[xt.PacketState], bool] = _factory(source)(rand, *consts)
+    return test
 
 
 def _condition(rule: Rule, k: Callable[[Any], str]) -> str:
@@ -121,29 +165,33 @@ def _condition(rule: Rule, k: Callable[[Any], str]) -> str:
 
 
 def _match_expr(match: xt.Match, k: Callable[[Any], str]) -> str:
-    kind = type(match)
-    if kind is xt.Ports and match.flags is None:  # type: ignore[attr-defined]
+    if isinstance(match, xt.Ports) and match.flags is None:
         parts = []
-        for field, rng, inv in (("sport", match.sport, match.sinv), ("dport", match.dport, match.dinv)):  # type: ignore[attr-defined]
+        for field, rng, inv in (("sport", match.sport, match.sinv), ("dport", match.dport, match.dinv)):
             if rng is not None:
                 lo, hi = rng
                 expr = f"st.{field} == {k(lo)}" if lo == hi else f"{k(lo)} <= st.{field} <= {k(hi)}"
                 parts.append(f"not ({expr})" if inv else expr)
         return " and ".join(parts) or "True"
-    if kind is xt.MarkMatch:
-        op = "!=" if match.inv else "=="  # type: ignore[attr-defined]
-        return f"(st.mark & {k(match.mask)}) {op} {k(match.value)}"  # type: ignore[attr-defined]
-    if kind is xt.Conntrack:
-        expr = f"(st.ctstate & {k(match.states)})"  # type: ignore[attr-defined]
-        return f"not {expr}" if match.inv else expr  # type: ignore[attr-defined]
-    if kind is xt.Statistic and match.mode == "random":  # type: ignore[attr-defined]
+    if isinstance(match, xt.MarkMatch):
+        return f"(st.mark & {k(match.mask)}) {'!=' if match.inv else '=='} {k(match.value)}"
+    if isinstance(match, xt.Conntrack):
+        expr = f"(st.ctstate & {k(match.states)})"
+        return f"not {expr}" if match.inv else expr
+    if isinstance(match, xt.Statistic) and match.mode == "random":
         # xt_statistic: (get_random_u32() & 0x7FFFFFFF) < threshold ('!' inverts).
-        op = ">=" if match.inv else "<"  # type: ignore[attr-defined]
-        return f"(RAND(32) & 2147483647) {op} {k(match.threshold)}"  # type: ignore[attr-defined]
+        return f"(RAND(32) & 2147483647) {'>=' if match.inv else '<'} {k(match.threshold)}"
     return f"{k(match.test)}(st)"
 
 
-def _action(rule: Rule, n: int, k: Callable[[Any], str], labels: Mapping[str, object]) -> list[str]:
+def _action(
+    rule: Rule,
+    n: int,
+    k: Callable[[Any], str],
+    labels: Mapping[str, object],
+    chains: Mapping[str, Chain] | None,
+    deps: list[str],
+) -> list[str]:
     """The target as statements; `n` rules of this chain have been evaluated."""
     target = rule.target
     kind = target.kind
@@ -153,9 +201,14 @@ def _action(rule: Rule, n: int, k: Callable[[Any], str], labels: Mapping[str, ob
     if kind == xt.T_MARK:
         return [credit, f"base = {n}", f"st.mark = (st.mark & {k(~target.mask & MAX)}) ^ {k(target.value)}"]
     if kind in (xt.T_JUMP, xt.T_GOTO):
-        name = k(target.name)
         service = labels.get(target.name)
         label = [f"if st.service is None: st.service = {k(service)}"] if service is not None else []
+        callee = chains.get(target.name) if chains is not None else None
+        if callee is not None and not callee.rules and service is None:
+            # An empty chain returns at once: count the jump and go on (or return, for -g).
+            deps.append(target.name)
+            return [credit, "return 0"] if kind == xt.T_GOTO else [credit, f"base = {n}"]
+        name = k(target.name)
         if kind == xt.T_GOTO:
             return [credit, *label, f"return FN[{name}](st)"]
         return [credit, f"base = {n}", *label, f"v = FN[{name}](st)", "if v: return v"]
@@ -167,18 +220,34 @@ def _action(rule: Rule, n: int, k: Callable[[Any], str], labels: Mapping[str, ob
         return [credit, "return 2"]
     if kind == xt.T_REJECT:
         return [credit, "return 3"]
+    if kind == xt.T_DNAT:
+        # Engine._nat for DNAT, inlined (no trace here: tracing walks with the interpreter).
+        ip, port = k(target.ip), (k(target.port) if target.port is not None else "st.dport")
+        return [credit, f"st.dnat = ({ip}, {port})", f"st.dst, st.dport = {ip}, {port}", "st.ctstate |= 64", "return 1"]
     return [credit, f"NAT({k(target)}, st, '')", "return 1"]
 
 
-def _indexed(nf: Netfilter, registry: Registry, chain: Chain, index: ChainIndex | None) -> ChainFn:
+def _indexed(
+    nf: Netfilter, registry: Registry, chain: Chain, index: ChainIndex | None, rand: Callable[[int], int]
+) -> ChainFn:
     """A long chain: candidates from the index, each tested with the rule's
-    own test, every rule before a hit counted."""
+    compiled test, every rule before a hit counted."""
     rules = chain.rules
+    tests = []
+    for rule in rules:
+        cached = rule.fast  # shared rules (a RuleCache) keep their test across syncs
+        if cached is None or cached[0] is not nf:
+            cached = rule.fast = (nf, rule_test(rule, rand))
+        tests.append(cached[1])
+    targets = [rule.target for rule in rules]
     total = len(rules)
     labels = nf.labels
     nat = nf._nat
+    impure = any(not isinstance(m, xt.PURE_MATCHES) for rule in rules for m in rule.matches)
 
     def run(st: xt.PacketState) -> int:
+        if impure:
+            st.pure = False
         pos = 0
         while True:
             hit = -1
@@ -186,19 +255,19 @@ def _indexed(nf: Netfilter, registry: Registry, chain: Chain, index: ChainIndex 
                 cands = index.candidates(st)
                 for i in range(bisect_left(cands, pos) if pos else 0, len(cands)):
                     c = cands[i]
-                    if rules[c].test(st):
+                    if tests[c](st):
                         hit = c
                         break
             else:
                 for c in range(pos, total):
-                    if rules[c].test(st):
+                    if tests[c](st):
                         hit = c
                         break
             if hit < 0:
                 st.rules += total - pos
                 return 0
             st.rules += hit - pos + 1
-            target = rules[hit].target
+            target = targets[hit]
             kind = target.kind
             if kind in (xt.T_JUMP, xt.T_GOTO):
                 if st.service is None:

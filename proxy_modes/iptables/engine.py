@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from netem.addr import MAX, int_to_ip
 from netem.conntrack import ORIGINAL, REPLY, SEEN_REPLY, Conntrack, CtEntry, tcp_next_state
+from netem.gcpause import paused_gc
 from netem.packet import TCP, Packet, format_flow, proto_name
 from proxy_modes.base import Decision, Reach, Step, Verdict
 
@@ -260,6 +261,7 @@ class Netfilter:
         self.recent: dict[str, RecentTable] = {}
         self.generation = 0
         self._fns: dict[str, Registry] = {}
+        self._recent_refs: dict[tuple[str, str], set[str]] = {}
         self.load(tables)
 
     @classmethod
@@ -276,10 +278,10 @@ class Netfilter:
 
     # --- rules ------------------------------------------------------------------
 
-    def load(self, tables: Tables) -> None:
+    def load(self, tables: Tables, touched: Mapping[str, set[str]] | None = None) -> None:
         """Replace the rules (conntrack and `recent` lists are kept, as the
         kernel keeps them across iptables-restore while a list's name is still
-        in use)."""
+        in use). `touched`: the chains that changed, per table, if known."""
         self.tables = tables
         self.generation += 1
         for name, table in tables.items():
@@ -287,7 +289,11 @@ class Netfilter:
             if registry is None:
                 registry = self._fns[name] = Registry(self, table)
             registry.table = table
-            registry.clear()
+            if touched is None:
+                registry.clear()
+                registry.dependents.clear()
+            else:
+                registry.invalidate(touched.get(name, set()))
         for name in list(self._fns):
             if name not in tables:
                 del self._fns[name]
@@ -300,24 +306,41 @@ class Netfilter:
             )
             for hook, names in HOOK_TABLES.items()
         }
-        names = {
-            m.list_name
-            for t in tables.values()
-            for c in t.chains.values()
-            for r in c.rules
-            for m in r.matches
-            if isinstance(m, xt.Recent)
-        }
+        self._track_recent(tables, touched)
+
+    def _track_recent(self, tables: Tables, touched: Mapping[str, set[str]] | None) -> None:
+        """Keep a `recent` list while some rule names it (recent_mt_check /
+        recent_mt_destroy); only the chains a restore touched are looked at."""
+        refs = self._recent_refs
+        if touched is None:
+            refs.clear()
+            changed = [(t, c) for t, table in tables.items() for c in table.chains]
+        else:
+            changed = [(t, c) for t, names in touched.items() for c in names]
+        for table_name, chain_name in changed:
+            chain = tables.get(table_name, Table(table_name)).chains.get(chain_name)
+            names: set[str] = set()
+            if chain is not None:
+                for rule in chain.rules:
+                    if rule.matches:
+                        names.update(m.list_name for m in rule.matches if type(m) is xt.Recent)
+            if names:
+                refs[(table_name, chain_name)] = names
+            else:
+                refs.pop((table_name, chain_name), None)
+        used = set().union(*refs.values()) if refs else set()
         for name in list(self.recent):
-            if name not in names:
+            if name not in used:
                 del self.recent[name]
-        for name in names:
+        for name in used:
             self.recent.setdefault(name, {})
 
     def restore(
         self, text: str, noflush: bool = True, filename: str = "<iptables-restore>", cache: RuleCache | None = None
     ) -> None:
-        self.load(syntax.restore(self.tables, text, filename, noflush, cache))
+        touched: dict[str, set[str]] = {}
+        tables = syntax.restore(self.tables, text, filename, noflush, cache, touched)
+        self.load(tables, touched if noflush else None)
 
     def is_local(self, addr: int) -> bool:
         return addr in self._local or addr >> 24 == LOOPBACK
@@ -486,10 +509,11 @@ class Netfilter:
     def compile_all(self) -> int:
         """Compile every chain now instead of on first use (for steady-state timing)."""
         count = 0
-        for name, registry in self._fns.items():
-            for chain in self.tables[name].chains:
-                registry[chain]
-                count += 1
+        with paused_gc():
+            for name, registry in self._fns.items():
+                for chain in self.tables[name].chains:
+                    registry[chain]
+                    count += 1
         return count
 
     def _walk(self, table: Table, hook: str, st: PacketState) -> int:

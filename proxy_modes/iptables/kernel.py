@@ -95,20 +95,21 @@ def by_chain(text: str) -> dict[str, list[str]]:
 @dataclass(frozen=True)
 class CurvePoint:
     services: int
-    rules: int  # rules the engine counts for a connection to the last service
-    connect_us: float  # median connect() latency to the last service
-    baseline_us: float  # median connect() latency straight to the endpoint (no service rules hit)
+    rules_first: int  # rules the engine counts for a connection to the first service
+    rules_last: int  # ... and to the last one (the end of KUBE-SERVICES)
+    connect_first_us: float  # median connect latency to the first service's ClusterIP
+    connect_last_us: float  # ... and to the last one's
     restore_s: float  # iptables-restore time of the full ruleset
     ruleset_rules: int
 
 
 def measure_curve(
-    views: Iterable[tuple[int, NodeView]], backend: str = "nft", connects: int = 200, prefix: str = "iptc"
+    views: Iterable[tuple[int, NodeView]], backend: str = "nft", connects: int = 300, prefix: str = "iptc"
 ) -> list[CurvePoint]:
     """For each (service count, view): load the view's rules into a fresh node
-    namespace and time connects to the last service's ClusterIP (the last rule
-    in KUBE-SERVICES) and straight to its first endpoint. The caller builds
-    the views (e.g. synthetic clusters with one endpoint per service)."""
+    namespace and time connects to the first and the last service's ClusterIP
+    (the ends of KUBE-SERVICES), in alternating batches so drift cancels.
+    Every service needs an endpoint; the first and last must differ."""
     import random
 
     from netem.packet import Packet
@@ -120,30 +121,36 @@ def measure_curve(
         mode = IptablesMode(random.Random(0))
         ruleset = mode.sync(view)
         assert mode.last is not None
+        # kube-proxy writes KUBE-SERVICES in service order: the first and the last rule.
         infos = sorted(view.service_ports(), key=lambda i: i.name)
-        last = infos[-1]
-        endpoint = view.endpoints(last.name)[0]
-        decision = mode.route(Packet(6, 0x0A000005, 40000, last.cluster_ip, last.port), 0.0)
+        first, last = infos[0], infos[-1]
+        rules: list[int] = []
+        for info in (first, last):
+            rules.append(mode.route(Packet(6, 0x0A000005, 40000 + len(rules), info.cluster_ip, info.port), 0.0).rules)
+        eps = [view.endpoints(i.name)[0] for i in (first, last)]
         with Topology(prefix) as topo:
             node = topo.node([int_to_ip(ip) for ip in view.node_ips])
-            pod = topo.leaf("pod", [int_to_ip(endpoint.ip)])
+            pod = topo.leaf("pod", sorted({int_to_ip(ep.ip) for ep in eps}))
             client = topo.leaf("client", ["10.0.0.5"], default_route=True)
-            pod.serve(endpoint.port)
+            for port in {ep.port for ep in eps}:
+                pod.serve(port)
             kernel = KernelIptables(node, backend)
             restore_s = load_node(kernel, mode.last.full)
-            target = int_to_ip(last.cluster_ip)
-            client.connect_many(target, last.port, count=20)  # warm ARP and caches
-            via_service = client.connect_many(target, last.port, count=connects)
-            direct = client.connect_many(int_to_ip(endpoint.ip), endpoint.port, count=connects)
-        ok = [r.elapsed for r in via_service if r.status == "ok"]
-        if len(ok) < connects // 2:
-            raise RuntimeError(f"{count} services: only {len(ok)} of {connects} connects answered")
+            samples: dict[int, list[float]] = {0: [], 1: []}
+            batch = max(10, connects // 6)
+            for _ in range(max(1, connects // batch)):
+                for which, info in enumerate((first, last)):
+                    replies = client.connect_many(int_to_ip(info.cluster_ip), info.port, count=batch)
+                    samples[which] += [r.elapsed for r in replies if r.status == "ok"]
+        if min(len(v) for v in samples.values()) < connects // 2:
+            raise RuntimeError(f"{count} services: too few connects answered")
         points.append(
             CurvePoint(
                 count,
-                decision.rules,
-                statistics.median(ok) * 1e6,
-                statistics.median(r.elapsed for r in direct if r.status == "ok") * 1e6,
+                rules[0],
+                rules[1],
+                statistics.median(samples[0]) * 1e6,
+                statistics.median(samples[1]) * 1e6,
                 restore_s,
                 ruleset.objects,
             )
@@ -158,3 +165,56 @@ def iptables_available(backend: str = "nft") -> bool:
     except (OSError, subprocess.SubprocessError):
         return False
     return True
+
+
+def one_endpoint_view(services: int) -> NodeView:
+    """N services with one endpoint each (ClusterIPs from 172.30.0.0/16,
+    pods from 10.180.0.0/14), on node-1 at 192.168.0.2: the calibration's
+    input, built directly (the CLI's synthetic clusters live above this package)."""
+    from netem.addr import parse_cidr
+    from netem.objects import ProxyConfig
+    from netem.packet import TCP
+    from proxy_modes.view import EndpointInfo, ProxyState, ServiceEntry, ServicePortInfo, ServicePortName
+
+    entries = {}
+    for i in range(services):
+        ns, name = f"ns{i % 10}", f"svc{i}"
+        spn = ServicePortName(ns, name, "p80", "TCP")
+        pod = (10 << 24) | (180 << 16) + i + 1
+        ep = EndpointInfo(pod, 8080, f"{int_to_ip(pod)}:8080", node_name="node-1")
+        info = ServicePortInfo(spn, (172 << 24) | (30 << 16) + i + 1, 80, TCP)
+        entries[(ns, name)] = ServiceEntry((info,), {spn: (ep,)})
+    config = ProxyConfig(cluster_cidrs=[parse_cidr("10.0.0.0/8")])
+    return NodeView(ProxyState(entries), "node-1", ((192 << 24) | (168 << 16) | 2,), config)
+
+
+def calibrate(counts: list[int], backends: list[str], connects: int = 300) -> str:
+    """Measure the curve on this kernel and print it as cost.py's constants."""
+    from . import cost
+
+    out = []
+    for backend in backends:
+        points = []
+        for p in measure_curve(((n, one_endpoint_view(n)) for n in counts), backend, connects):
+            restore = round(p.restore_s, 3)
+            points.append(cost.Point(p.services, p.rules_first, round(p.connect_first_us, 1), restore, p.ruleset_rules))
+            points.append(cost.Point(p.services, p.rules_last, round(p.connect_last_us, 1), restore, p.ruleset_rules))
+        model = cost.fit(backend, points)
+        out.append(f"{backend.upper()}_POINTS = (")
+        out += [f"    {p!r}," for p in points]
+        out.append(")")
+        out.append(
+            f"# fit: base {model.base_us:.1f} us + {model.per_rule_ns:.2f} ns/rule; "
+            f"restore {model.restore_base_s:.3f} s + {model.restore_per_rule_us:.2f} us/rule"
+        )
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) >= 2 and sys.argv[1] == "calibrate":
+        sizes = [int(n) for n in sys.argv[2].split(",")] if len(sys.argv) > 2 else [100, 1000, 5000, 10000, 30000]
+        print(calibrate(sizes, ["nft", "legacy"]))
+    else:
+        sys.exit("usage: python -m proxy_modes.iptables.kernel calibrate [N,N,...]")

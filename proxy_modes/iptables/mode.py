@@ -13,19 +13,21 @@ an endpoint that is gone are deleted, as kube-proxy's conntrack cleanup does
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from itertools import chain as chain_lists
+from typing import TYPE_CHECKING, Any
 
 from netem.addr import int_to_ip
 from netem.conntrack import KERNEL_TIMEOUTS, Conntrack
 from netem.errors import RulesetError, UsageError, Where
+from netem.gcpause import paused_gc
 from netem.packet import SCTP, UDP, Packet
 from proxy_modes.base import Decision, Ruleset, Trace
-from proxy_modes.changes import diff_states
 from proxy_modes.view import NodeView, ProxyState, ServicePortName
 
 from . import rules, syntax, xt
 from .engine import Netfilter
-from .syntax import RuleCache, Tables
+from .syntax import Chain, Rule, RuleCache, Tables
 
 if TYPE_CHECKING:
     import random
@@ -44,13 +46,21 @@ class IptablesMode:
         self.last: rules.Rendered | None = None
         self.captured: str | None = None
         self.labels: dict[str, object] = {}
+        # The fragments' top-level rules, aligned with the renderer's fragments (partial syncs).
+        self._services: list[list[Rule]] = []
+        self._nodeports: list[list[Rule]] = []
+        self._filter: dict[str, dict[int, list[Rule]]] = {}
 
     # --- rules ------------------------------------------------------------
 
     def sync(self, view: NodeView) -> Ruleset:
+        with paused_gc():  # millions of small objects and no cycles (netem/gcpause.py)
+            return self._sync(view)
+
+    def _sync(self, view: NodeView) -> Ruleset:
         node = (view.node_name, view.node_ips)
         fresh = self.nf is None or self.captured is not None or node != self.node
-        changed = None if fresh or self.state is None else diff_states(self.state, view.state)
+        changed = None if fresh or self.state is None else changed_services(self.state, view.state)
         rendered = self.renderer.sync(view, None if changed is None else changed.keys())
         self._label(rendered)
         if fresh:
@@ -64,13 +74,73 @@ class IptablesMode:
                 cfg.conntrack_udp_stream or None,
             )
             self.nf = Netfilter(tables, view.node_ips, rng=self.rng, conntrack=Conntrack(timeouts), labels=self.labels)
+        elif rendered.partial:
+            self._apply_partial(rendered)
+            if changed:
+                self._clean_udp(view, set(changed))
         else:
             assert self.nf is not None
             self.nf.restore(rendered.text, noflush=True, filename="kube-proxy", cache=self.cache)
-            if changed:
-                self._clean_udp(view)
         self.state, self.node, self.last, self.captured = view.state, node, rendered, None
         return Ruleset(rendered.text, rendered.rules, rendered.partial, rendered.changed)
+
+    def _apply_partial(self, rendered: rules.Rendered) -> None:
+        """What `iptables-restore --noflush` of `rendered.text` does to the
+        tables, built from the fragments' parsed rules instead of reparsing
+        the text: the top-level chains are rebuilt whole (cheap lists of
+        shared rules), the written services' chains replaced, the stale ones
+        removed. (The partial-sync property test holds this to a full render
+        and the kernel test to the kernel's own restore.)"""
+        nf = self.nf
+        assert nf is not None
+        s = rendered.settings
+        parse = self.cache.get
+        filt: dict[str, list[Rule]] = {c: [] for c in rules.filter_chains(s)}
+        nat: dict[str, list[Rule]] = {c: [] for c in rules.NAT_TOP}
+        for table, lines in ((filt, rules.filter_head(s)), (nat, rules.nat_head(s))):
+            for chain, rule in _parse_lines(lines, parse):
+                table[chain].append(rule)
+        frags = rendered.fragments
+        if rendered.reordered or len(self._services) != len(frags):
+            self._services, self._nodeports, self._filter = [], [], {}
+            for pos, frag in enumerate(frags):
+                self._place(pos, _parsed(frag, parse))
+        else:
+            for pos in rendered.positions:
+                self._place(pos, _parsed(frags[pos], parse))
+        nat[rules.KUBE_SERVICES] += chain_lists.from_iterable(self._services)
+        nat[rules.KUBE_NODEPORTS] += chain_lists.from_iterable(self._nodeports)
+        for chain, by_pos in self._filter.items():
+            filt[chain] += chain_lists.from_iterable(by_pos[p] for p in sorted(by_pos))
+        owned: dict[str, list[Rule]] = {}
+        for pos in rendered.positions:
+            owned.update(frags[pos].parsed[3])
+        for table, lines in ((filt, rules.filter_tail(s)), (nat, rules.nat_tail(s))):
+            for chain, rule in _parse_lines(lines, parse):
+                table[chain].append(rule)
+        # The engine's tables are this mode's alone: change them in place.
+        tables = nf.tables
+        touched: dict[str, set[str]] = {"filter": set(filt), "nat": set(nat) | set(owned) | set(rendered.deleted)}
+        for name, new_chains in (("filter", filt), ("nat", {**nat, **owned})):
+            chains = tables[name].chains
+            for chain, rule_list in new_chains.items():
+                chains[chain] = Chain(chain, None, rule_list)
+        for chain in rendered.deleted:
+            tables["nat"].chains.pop(chain, None)
+        nf.load(tables, touched)
+
+    def _place(self, pos: int, parsed: tuple[Any, ...]) -> None:
+        """Keep a fragment's top-level rules at its position (lists aligned with the fragments)."""
+        if pos == len(self._services):
+            self._services.append(parsed[1])
+            self._nodeports.append(parsed[2])
+        else:
+            self._services[pos] = parsed[1]
+            self._nodeports[pos] = parsed[2]
+        for by_pos in self._filter.values():
+            by_pos.pop(pos, None)
+        for chain, rule_list in parsed[0].items():
+            self._filter.setdefault(chain, {})[pos] = rule_list
 
     def _localhost(self) -> bool:
         settings = self.renderer.settings
@@ -78,24 +148,29 @@ class IptablesMode:
 
     def _label(self, rendered: rules.Rendered) -> None:
         """Chain -> service port, so a decision can name its service."""
+        if not rendered.partial:
+            self.labels.clear()
         for name in rendered.deleted:
             self.labels.pop(name, None)
         for spn, frag in rendered.written:
             for chain in frag.chains:
                 self.labels[chain] = spn
 
-    def _clean_udp(self, view: NodeView) -> None:
-        """pkg/proxy/conntrack/cleanup.go: delete UDP/SCTP entries whose
-        service address is a current service port but whose endpoint no
-        longer serves it."""
+    def _clean_udp(self, view: NodeView, changed: set[tuple[str, str]]) -> None:
+        """pkg/proxy/conntrack/cleanup.go: for the services that changed,
+        delete UDP/SCTP entries whose service address is still served but
+        whose endpoint no longer serves it."""
         assert self.nf is not None
         serving: dict[tuple[int, int, int], set[tuple[int, int]]] = {}
-        for info in view.service_ports():
+        entries = view.state.entries
+        for info in (i for key in changed if key in entries for i in entries[key].ports):
             if info.protocol not in (UDP, SCTP):
                 continue
             eps = {(ep.ip, ep.port) for ep in view.categorize(info).all_reachable}
             for ip in (info.cluster_ip, *info.external_ips, *info.lb_vips):
                 serving[(info.protocol, ip, info.port)] = eps
+        if not serving:
+            return
         ct = self.nf.conntrack
         for entry in ct.entries():
             proto, _, _, dst, dport = entry.orig
@@ -105,7 +180,8 @@ class IptablesMode:
 
     def load_capture(self, text: str, local_ips: list[int], filename: str) -> None:
         """Trace through a real node's `iptables-save` instead of rendered rules."""
-        tables = syntax.parse_save(text, filename)
+        with paused_gc():
+            tables = syntax.parse_save(text, filename)
         for table in tables.values():
             for chain in table.chains.values():
                 for rule in chain.rules:
@@ -168,6 +244,43 @@ class IptablesMode:
     @property
     def tables(self) -> Tables:
         return self._engine().tables
+
+
+def changed_services(old: ProxyState, new: ProxyState) -> dict[tuple[str, str], None]:
+    """proxy_modes.changes.diff_states' answer (which services changed),
+    found with the identity test done in bulk: a sync of 10k services
+    compares 10k entries every time."""
+    old_entries, new_entries = old.entries, new.entries
+    get = old_entries.get
+    suspects = [name for name, entry in new_entries.items() if get(name) is not entry]
+    changed = {name: None for name in suspects if old_entries.get(name) != new_entries[name]}
+    if len(old_entries) != len(new_entries) or suspects:
+        changed.update((name, None) for name in old_entries.keys() - new_entries.keys())
+    return changed
+
+
+def _parse_lines(lines: list[str], parse: Callable[[str, int], Rule]) -> list[tuple[str, Rule]]:
+    out = []
+    for line in lines:
+        _, chain, spec = line.split(" ", 2)
+        out.append((chain, parse(spec, 0)))
+    return out
+
+
+def _parsed(frag: rules.ServiceRules, parse: Callable[[str, int], Rule]) -> tuple[Any, ...]:
+    """A fragment's lines as rules, once: its filter rules by chain, its
+    KUBE-SERVICES and KUBE-NODEPORTS rules, and its own chains' rules."""
+    own: dict[str, list[Rule]] = {c: [] for c in frag.chains}
+    for chain, rule in _parse_lines(frag.nat, parse):
+        own[chain].append(rule)
+    filt: dict[str, list[Rule]] = {}
+    for chain, rule in _parse_lines(frag.filter, parse):
+        filt.setdefault(chain, []).append(rule)
+    top = _parse_lines(frag.top, parse)
+    services = [r for c, r in top if c == rules.KUBE_SERVICES]
+    nodeports = [r for c, r in top if c == rules.KUBE_NODEPORTS]
+    frag.parsed = (filt, services, nodeports, own)
+    return frag.parsed
 
 
 def capture_labels(tables: Tables) -> dict[str, object]:

@@ -28,8 +28,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from netem.addr import int_to_ip
+from netem.gcpause import paused_gc
 from netem.objects import ProxyConfig
 from proxy_modes.view import EndpointInfo, NamespacedName, NodeView, ServicePortInfo, ServicePortName
 
@@ -206,6 +208,20 @@ class ServiceRules:
     chains: list[str] = field(default_factory=list)  # nat chains it owns (SVC/SVL/EXT/FW/SEP)
     nat: list[str] = field(default_factory=list)  # nat rule lines of those chains
     endpoints: int = 0  # all endpoints (large-cluster mode counts them)
+    parsed: Any = field(default=None, repr=False, compare=False)  # the mode's parsed form, made once
+    stamp: int = 0  # the sync that wrote this fragment's chains
+    filter_text: str = ""  # the lines above, joined (each ends with a newline)
+    top_text: str = ""
+    nat_text: str = ""
+    decl_text: str = ""  # the chain declarations of `chains`
+
+    def seal(self) -> ServiceRules:
+        """Join the lines once: a sync of 10k services concatenates texts, not lines."""
+        self.filter_text = "".join(line + "\n" for line in self.filter)
+        self.top_text = "".join(line + "\n" for line in self.top)
+        self.nat_text = "".join(line + "\n" for line in self.nat)
+        self.decl_text = "".join(f":{c} - [0:0]\n" for c in self.chains)
+        return self
 
 
 def render_service(
@@ -361,7 +377,7 @@ def render_service(
         nat.append(f"{head} -s {int_to_ip(ep.ip)} -j {KUBE_MARK_MASQ}")
         affinity = f" -m recent --name {sep} --set" if info.session_affinity else ""
         nat.append(f"{head}{affinity} {match} -j DNAT --to-destination {ep.text}")
-    return out
+    return out.seal()
 
 
 def _service_to_endpoints(
@@ -394,90 +410,157 @@ class Rendered:
     """A sync's output: the restore input and what the whole ruleset is now."""
 
     text: str  # what kube-proxy passes to iptables-restore --noflush this sync
-    full: str  # the restore input of a full sync of the same state
     partial: bool
     changed: int  # services whose chains were written
-    active: set[str]  # nat service chains in use
     deleted: list[str]  # stale chains removed by this sync
-    rules: int  # rule lines in `full`
+    rules: int  # rule lines of the whole ruleset
     large: bool
     written: list[tuple[ServicePortName, ServiceRules]]  # the services whose chains were written
+    settings: Settings
+    fragments: list[ServiceRules]  # every service port's fragment, in order
+    stamp: int  # the fragments written by this sync carry it
+    positions: list[int] = field(default_factory=list)  # of the written fragments in `fragments` (partial)
+    reordered: bool = True  # the list of fragments is not the previous one with some replaced
+    _full: str | None = None
+
+    @property
+    def full(self) -> str:
+        """The restore input of a full sync of the same state (built when asked)."""
+        if self._full is None:
+            frags = self.fragments
+            self._full = self.text if not self.partial and not self.deleted else assemble(self.settings, frags, -1, [])
+        return self._full
 
 
 class Renderer:
     """kube-proxy's iptables proxier for one node, minus the kernel: keeps
     the per-service fragments between syncs so a partial sync renders only
-    what changed."""
+    what changed (and touches nothing per unchanged service but its
+    KUBE-SERVICES lines, which kube-proxy rewrites every time)."""
 
     def __init__(self, random_fully: bool = True, nfacct: bool = False) -> None:
         self.random_fully = random_fully
         self.nfacct = nfacct
         self.fragments: dict[ServicePortName, tuple[object, ServiceRules]] = {}
+        self.by_service: dict[NamespacedName, list[ServicePortName]] = {}
+        self.order: list[ServicePortName] = []
+        self.frag_list: list[ServiceRules] = []  # fragments in `order`
+        self.position: dict[ServicePortName, int] = {}
         self.settings: Settings | None = None
         self.large: bool | None = None
-        self.active: set[str] = set()
+        self.total = 0  # endpoints of every service port (large-cluster mode)
+        self.count = 0  # rule lines of every fragment
+        self.stamp = 0  # syncs so far
 
     def sync(self, view: NodeView, changed: Iterable[NamespacedName] | None = None) -> Rendered:
         """Render the node's rules. `changed`: the services that changed since
         the last sync (None forces a full sync, as kube-proxy's needFullSync)."""
-        settings = settings_for(view, self.random_fully, self.nfacct)
+        with paused_gc():
+            settings = settings_for(view, self.random_fully, self.nfacct)
+            if changed is None or settings != self.settings:
+                return self._full(view, settings)
+            partial = self._partial(view, settings, set(changed))
+            return partial if partial is not None else self._full(view, settings)
+
+    def _full(self, view: NodeView, settings: Settings) -> Rendered:
         ports = sorted(view.service_ports(), key=lambda i: i.name)
         total = sum(len(view.endpoints(i.name)) for i in ports)
         large = total > LARGE_CLUSTER_ENDPOINTS
-        full = changed is None or settings != self.settings or large != self.large
-        changed_set = set(changed or ())
+        entries = view.state.entries
         fragments: dict[ServicePortName, tuple[object, ServiceRules]] = {}
         written: list[tuple[ServicePortName, ServiceRules]] = []
+        self.stamp += 1
         for info in ports:
-            entry = view.state.entries[info.name.service]
-            cached = self.fragments.get(info.name)
-            fresh = (
-                full
-                or info.name.service in changed_set
-                or cached is None
-                or (cached[0] is not entry and cached[0] != entry)
-            )
-            if fresh:
-                frag = render_service(view, info, settings, large, view.endpoints(info.name))
-                written.append((info.name, frag))
-            else:
-                assert cached is not None
-                frag = cached[1]
-            fragments[info.name] = (entry, frag)
-        self.fragments, self.settings, self.large = fragments, settings, large
-        active = {c for _, r in fragments.values() for c in r.chains}
-        deleted = sorted(self.active - active)
-        self.active = active
-        frags = [r for _, r in fragments.values()]
-        full_text = assemble(settings, frags, set(map(id, frags)), [])
-        write = {id(r) for _, r in written}
-        text = full_text if full and not deleted else assemble(settings, frags, write, deleted)
-        count = sum(len(r.filter) + len(r.top) + len(r.nat) for r in frags) + _fixed_rules(settings)
-        return Rendered(text, full_text, not full, len(written), active, deleted, count, large, written)
+            frag = render_service(view, info, settings, large, view.endpoints(info.name))
+            frag.stamp = self.stamp
+            fragments[info.name] = (entries[info.name.service], frag)
+            written.append((info.name, frag))
+        old_chains = {c for _, f in self.fragments.values() for c in f.chains}
+        new_chains = {c for _, f in written for c in f.chains}
+        deleted = sorted(old_chains - new_chains)
+        self.fragments, self.order = fragments, [i.name for i in ports]
+        self._index()
+        self.settings, self.large, self.total = settings, large, total
+        self.count = sum(len(f.filter) + len(f.top) + len(f.nat) for _, f in written)
+        frags = [f for _, f in written]
+        text = assemble(settings, frags, -1, deleted)
+        count = self.count + _fixed_rules(settings)
+        return Rendered(text, False, len(written), deleted, count, large, written, settings, frags, self.stamp)
+
+    def _index(self) -> None:
+        self.frag_list = [self.fragments[spn][1] for spn in self.order]
+        self.position = {spn: i for i, spn in enumerate(self.order)}
+        self.by_service = {}
+        for spn in self.order:
+            self.by_service.setdefault(spn.service, []).append(spn)
+
+    def _partial(self, view: NodeView, settings: Settings, changed: set[NamespacedName]) -> Rendered | None:
+        """Re-render the changed services only; None if the change flips
+        large-cluster mode (every chain's comments change: a full sync)."""
+        entries = view.state.entries
+        old = {spn: self.fragments[spn] for key in changed for spn in self.by_service.get(key, ())}
+        new_ports = [info for key in changed if key in entries for info in entries[key].ports]
+        total = self.total - sum(f.endpoints for _, f in old.values())
+        total += sum(len(view.endpoints(i.name)) for i in new_ports)
+        large = total > LARGE_CLUSTER_ENDPOINTS
+        if large != self.large:
+            return None
+        written: list[tuple[ServicePortName, ServiceRules]] = []
+        for spn, (_, frag) in old.items():
+            del self.fragments[spn]
+            self.count -= len(frag.filter) + len(frag.top) + len(frag.nat)
+        self.stamp += 1
+        for info in sorted(new_ports, key=lambda i: i.name):
+            frag = render_service(view, info, settings, large, view.endpoints(info.name))
+            frag.stamp = self.stamp
+            self.fragments[info.name] = (entries[info.name.service], frag)
+            self.count += len(frag.filter) + len(frag.top) + len(frag.nat)
+            written.append((info.name, frag))
+        reordered = set(old) != {i.name for i in new_ports}
+        if reordered:
+            self.order = sorted(self.fragments)
+            self._index()
+        else:
+            for spn, frag in written:
+                self.frag_list[self.position[spn]] = frag
+        positions = sorted(self.position[spn] for spn, _ in written)
+        self.total = total
+        old_chains = {c for _, f in old.values() for c in f.chains}
+        deleted = sorted(old_chains - {c for _, f in written for c in f.chains})
+        frags = list(self.frag_list)
+        text = assemble(settings, frags, self.stamp, deleted, positions)
+        count = self.count + _fixed_rules(settings)
+        return Rendered(
+            text, True, len(written), deleted, count, large, written, settings, frags, self.stamp, positions, reordered
+        )
 
 
 def _fixed_rules(s: Settings) -> int:
     return (4 if s.localhost_nodeports else 3) + 4 + (1 if not s.tcp_be_liberal else 0) + 1
 
 
-def assemble(s: Settings, frags: list[ServiceRules], write: set[int], deleted: list[str]) -> str:
-    """The restore input in syncProxyRules' order: filter chains and rules,
-    then nat chains (top-level, the written services', the deleted ones) and
-    rules (postrouting, per service, -X, the NodePorts jump that must be last)."""
-    mark = s.mark
-    out = ["*filter"]
-    out += [
-        f":{c} - [0:0]"
-        for c in (KUBE_SERVICES, KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_NODEPORTS, KUBE_PROXY_FIREWALL)
+FILTER_TOP = (KUBE_SERVICES, KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_NODEPORTS, KUBE_PROXY_FIREWALL)
+NAT_TOP = (KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ)
+
+
+def filter_chains(s: Settings) -> tuple[str, ...]:
+    return (*FILTER_TOP, KUBE_FIREWALL) if s.localhost_nodeports else FILTER_TOP
+
+
+def filter_head(s: Settings) -> list[str]:
+    """The filter rules written before the services' (kubelet's localnet guard)."""
+    if not s.localhost_nodeports:
+        return []
+    return [
+        f'-A {KUBE_FIREWALL} -m comment --comment "block incoming localnet connections" -d 127.0.0.0/8'
+        " ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
     ]
-    if s.localhost_nodeports:
-        out.append(f":{KUBE_FIREWALL} - [0:0]")
-        out.append(
-            f'-A {KUBE_FIREWALL} -m comment --comment "block incoming localnet connections" -d 127.0.0.0/8'
-            " ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
-        )
-    for frag in frags:
-        out += frag.filter
+
+
+def filter_tail(s: Settings) -> list[str]:
+    """KUBE-FORWARD, written after the services."""
+    mark = s.mark
+    out = []
     if not s.tcp_be_liberal:
         counter = f" -m nfacct --nfacct-name {INVALID_DROP_COUNTER}" if s.nfacct else ""
         out.append(f"-A {KUBE_FORWARD} -m conntrack --ctstate INVALID{counter} -j DROP")
@@ -488,33 +571,65 @@ def assemble(s: Settings, frags: list[ServiceRules], write: set[int], deleted: l
         f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding conntrack rule"'
         " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
     )
-    out += ["COMMIT", "*nat"]
-    out += [f":{c} - [0:0]" for c in (KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ)]
-    for frag in frags:
-        if id(frag) in write:
-            out += [f":{c} - [0:0]" for c in frag.chains]
-    out += [f":{c} - [0:0]" for c in deleted]
-    out.append(f"-A {KUBE_POSTROUTING} -m mark ! --mark {mark}/{mark} -j RETURN")
-    out.append(f"-A {KUBE_POSTROUTING} -j MARK --xor-mark {mark}")
+    return out
+
+
+def nat_head(s: Settings) -> list[str]:
+    """KUBE-POSTROUTING and KUBE-MARK-MASQ, written before the services."""
+    mark = s.mark
     masq = f'-A {KUBE_POSTROUTING} -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE'
-    out.append(masq + (" --random-fully" if s.random_fully else ""))
-    out.append(f"-A {KUBE_MARK_MASQ} -j MARK --or-mark {mark}")
-    for frag in frags:
-        out += frag.top
-        if id(frag) in write:
-            out += frag.nat
-    out += [f"-X {c}" for c in deleted]
+    return [
+        f"-A {KUBE_POSTROUTING} -m mark ! --mark {mark}/{mark} -j RETURN",
+        f"-A {KUBE_POSTROUTING} -j MARK --xor-mark {mark}",
+        masq + (" --random-fully" if s.random_fully else ""),
+        f"-A {KUBE_MARK_MASQ} -j MARK --or-mark {mark}",
+    ]
+
+
+def nat_tail(s: Settings) -> list[str]:
+    """The jump to KUBE-NODEPORTS that must be the last rule of KUBE-SERVICES."""
     comment = '-m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain"'
     if s.nodeport_ips is None:
         local = "" if s.localhost_nodeports else " ! -d 127.0.0.0/8"
-        out.append(f"-A {KUBE_SERVICES} {comment} -m addrtype --dst-type LOCAL{local} -j {KUBE_NODEPORTS}")
+        return [f"-A {KUBE_SERVICES} {comment} -m addrtype --dst-type LOCAL{local} -j {KUBE_NODEPORTS}"]
+    return [
+        f"-A {KUBE_SERVICES} {comment} -d {ip} -j {KUBE_NODEPORTS}"
+        for ip in s.nodeport_ips
+        if s.localhost_nodeports or not ip.startswith("127.")
+    ]
+
+
+def assemble(
+    s: Settings, frags: list[ServiceRules], stamp: int, deleted: list[str], positions: list[int] | None = None
+) -> str:
+    """The restore input in syncProxyRules' order: filter chains and rules,
+    then nat chains (top-level, those of the fragments written by sync
+    `stamp` (-1: all), the deleted ones) and rules (postrouting, per service,
+    -X, the NodePorts jump that must be last). `positions`: where the
+    written fragments are in `frags`, when known (saves a pass)."""
+    every = stamp == -1
+    if positions is None:
+        positions = [i for i, f in enumerate(frags) if every or f.stamp == stamp]
+    head = ["*filter", *(f":{c} - [0:0]" for c in filter_chains(s)), *filter_head(s)]
+    out = ["\n".join(head) + "\n"]
+    out += [f.filter_text for f in frags]
+    out.append("\n".join([*filter_tail(s), "COMMIT", "*nat", *(f":{c} - [0:0]" for c in NAT_TOP)]) + "\n")
+    out += [frags[i].decl_text for i in positions]
+    out += [f":{c} - [0:0]\n" for c in deleted]
+    out.append("\n".join(nat_head(s)) + "\n")
+    # Each service's KUBE-SERVICES/NODEPORTS lines, and its own chains' lines if written.
+    if every:
+        out += [f.top_text + f.nat_text for f in frags]
     else:
-        for ip in s.nodeport_ips:
-            if ip.startswith("127.") and not s.localhost_nodeports:
-                continue
-            out.append(f"-A {KUBE_SERVICES} {comment} -d {ip} -j {KUBE_NODEPORTS}")
-    out.append("COMMIT")
-    return "\n".join(out) + "\n"
+        prev = 0
+        for pos in positions:
+            out += [f.top_text for f in frags[prev : pos + 1]]
+            out.append(frags[pos].nat_text)
+            prev = pos + 1
+        out += [f.top_text for f in frags[prev:]]
+    out += [f"-X {c}\n" for c in deleted]
+    out.append("\n".join([*nat_tail(s), "COMMIT"]) + "\n")
+    return "".join(out)
 
 
 def jump_rules(table: str) -> list[str]:

@@ -55,6 +55,7 @@ class Rule:
     __slots__ = (
         "comment",
         "dst",
+        "fast",
         "iif",
         "line",
         "matches",
@@ -80,6 +81,7 @@ class Rule:
         self.saved: tuple[Match, ...] = ()  # every match, for printing
         self.target = Target()
         self.comment: str | None = None
+        self.fast: Any = None  # (engine, compiled test), made by compile.rule_test
 
     def test(self, st: xt.PacketState) -> bool:
         if self.proto and (st.proto == self.proto) == self.proto_inv:
@@ -407,39 +409,63 @@ def restore(
     filename: str = "<rules>",
     noflush: bool = False,
     cache: RuleCache | None = None,
+    touched: dict[str, set[str]] | None = None,
 ) -> Tables:
     """The tables after `iptables-restore [--noflush] < text` on `tables`
     (None: an empty kernel). The input is not modified; tables and chains
-    the text does not touch are shared with it."""
+    the text does not touch are shared with it. `touched`, when given, gets
+    the names of the chains each table block declared, wrote or deleted."""
     result: Tables = dict(tables or {})
     parse = cache.get if cache is not None else _fresh
     current: Table | None = None
     flushed: set[str] = set()
+    deleted: set[str] = set()
+    full = True
     block_start = 0
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
         try:
-            if line.startswith("*"):
+            if line.startswith("-A "):  # the common case first
+                _append(current, line, number, parse, flushed)
+            elif not line or line[0] == "#":
+                continue
+            elif line[0] == "*":
                 if current is not None:
                     raise OptionError(f"table {current.name!r} was not committed before this line")
-                current, flushed, block_start = _open_table(result, line[1:].strip(), noflush), set(), number
+                name = line[1:].strip()
+                full = not noflush or name not in result
+                current, flushed, deleted, block_start = _open_table(result, name, noflush), set(), set(), number
             elif current is None:
                 raise OptionError("a rule or chain outside a table (missing '*table' line)")
             elif line == "COMMIT":
-                _commit(current)
+                _commit(current, flushed, deleted, full)
                 result[current.name] = current
+                if touched is not None:
+                    touched.setdefault(current.name, set()).update(flushed | deleted)
                 current = None
-            elif line.startswith(":"):
+            elif line[0] == ":":
                 _declare(current, line, flushed)
             else:
-                _command(current, line, number, parse, flushed)
+                _command(current, line, number, parse, flushed, deleted)
         except OptionError as exc:
             raise RulesetError(str(exc), Where(file=f"{filename}: line {number}")) from None
     if current is not None:
         raise RulesetError(f"table {current.name!r} has no COMMIT", Where(file=f"{filename}: line {block_start}"))
     return result
+
+
+def _append(table: Table | None, line: str, number: int, parse: Any, flushed: set[str]) -> None:
+    """`-A CHAIN rule...`: the line kube-proxy writes most."""
+    if table is None:
+        raise OptionError("a rule or chain outside a table (missing '*table' line)")
+    _, chain_name, spec = [*line.split(" ", 2), ""][:3]
+    chain = table.chains.get(chain_name)
+    if chain is None or chain_name not in flushed:
+        chain = _writable(table, chain_name, flushed)
+    rule = parse(spec.strip(), number)
+    if rule.iif is not None or rule.oif is not None:
+        _check_ifaces(rule, chain_name, table.name)
+    chain.rules.append(rule)
 
 
 def parse_save(text: str, filename: str = "<rules>", cache: RuleCache | None = None) -> Tables:
@@ -479,7 +505,7 @@ def _check_chain_name(name: str) -> None:
         raise OptionError(f"invalid chain name {name!r}")
 
 
-def _command(table: Table, line: str, number: int, parse: Any, flushed: set[str]) -> None:
+def _command(table: Table, line: str, number: int, parse: Any, flushed: set[str], deleted: set[str]) -> None:
     head, _, rest = line.partition(" ")
     rest = rest.strip()
     chain_name, _, spec = rest.partition(" ")
@@ -504,7 +530,9 @@ def _command(table: Table, line: str, number: int, parse: Any, flushed: set[str]
         table.chains[chain_name] = Chain(chain_name)
         flushed.add(chain_name)
     elif head in ("-X", "--delete-chain"):
-        _delete_chain(table, chain_name)
+        _delete_chain(table, chain_name, flushed)
+        deleted.add(chain_name)
+        flushed.discard(chain_name)
     elif head in ("-F", "--flush"):
         names = [chain_name] if chain_name else list(table.chains)
         for name in names:
@@ -537,13 +565,16 @@ def _writable(table: Table, name: str, flushed: set[str]) -> Chain:
     return chain
 
 
-def _delete_chain(table: Table, name: str) -> None:
+def _delete_chain(table: Table, name: str, flushed: set[str]) -> None:
     chain = _existing(table, name)
     if chain.policy is not None:
         raise OptionError(f"cannot delete built-in chain {name}")
     if chain.rules:
         raise OptionError(f"cannot delete chain {name}: it is not empty")
-    for other in table.chains.values():
+    # The kernel refuses while any rule jumps to it. Looked for in the chains
+    # this restore wrote and the built-in ones (an --noflush restore of a huge
+    # table must stay cheap; a full restore checks every jump at COMMIT).
+    for other in (table.chains[n] for n in (*flushed, *BUILTIN_CHAINS[table.name]) if n in table.chains):
         if other.name != name and any(
             r.target.name == name and r.target.kind in (xt.T_JUMP, xt.T_GOTO) for r in other.rules
         ):
@@ -558,10 +589,15 @@ def _check_ifaces(rule: Rule, chain: str, table: str) -> None:
         raise OptionError(f"Can't use -i with {chain}")
 
 
-def _commit(table: Table) -> None:
+def _commit(table: Table, flushed: set[str], deleted: set[str], full: bool) -> None:
     """What the kernel checks when the table is replaced: every jump has a
-    chain, targets are used in their table and from hooks they allow."""
-    for chain in table.chains.values():
+    chain, targets are used in their table and from hooks they allow. A
+    --noflush restore into an existing table checks only the chains it
+    wrote (and no hook reachability), so a partial sync of a big table costs
+    what it changed."""
+    names = table.chains.keys() if full else [n for n in flushed if n in table.chains]
+    for name in names:
+        chain = table.chains[name]
         for rule in chain.rules:
             target = rule.target
             if target.kind in (xt.T_JUMP, xt.T_GOTO):
@@ -571,7 +607,8 @@ def _commit(table: Table) -> None:
                     raise OptionError(f"chain {chain.name}: cannot jump to built-in chain {target.name}")
             elif target.name in xt.NAT_ONLY and table.name != "nat":
                 raise OptionError(f"chain {chain.name}: target {target.name} is only valid in the nat table")
-    _check_hooks(table)
+    if full:
+        _check_hooks(table)
 
 
 def _check_hooks(table: Table) -> None:
