@@ -101,31 +101,108 @@ def compile_chain(nf: Netfilter, registry: Registry, chain: Chain) -> tuple[Chai
     return fn, tuple((name, chains[name]) for name in deps)
 
 
+INLINE_DEPTH = 3  # how deep small called chains are copied into their caller
+INLINE_CALLEE_RULES = 8  # the largest chain copied into a caller
+
+
+class _Gen:
+    """Writes a chain's function: constants as parameters, small called
+    chains copied in (a `while True:` block whose `break` is their RETURN)."""
+
+    def __init__(self, labels: Mapping[str, object], chains: Mapping[str, Chain] | None) -> None:
+        self.labels = labels
+        self.chains = chains
+        self.consts: list[Any] = []
+        self.deps: list[str] = []
+
+    def k(self, value: Any) -> str:
+        self.consts.append(value)
+        return f"k{len(self.consts) - 1}"
+
+    def body(self, chain: Chain, depth: int, indent: str, path: tuple[str, ...]) -> list[str]:
+        """The statements of `chain`: each exit counts the rules evaluated."""
+        base = f"b{depth}"
+        out = [f"{indent}{base} = 0"]
+        if any(not isinstance(m, xt.PURE_MATCHES) for rule in chain.rules for m in rule.matches):
+            out.append(f"{indent}st.pure = False")  # random or stateful matches ahead: never cache this walk
+        leave = "return 0" if depth == 0 else "break"
+        for i, rule in enumerate(chain.rules):
+            cond = _condition(rule, self.k)
+            out.append(f"{indent}if {cond}:" if cond else f"{indent}if True:")
+            out += self.action(rule, i + 1, base, leave, depth, indent + "    ", path)
+        out.append(f"{indent}st.rules += {len(chain.rules)} - {base}")
+        out.append(f"{indent}{leave}")
+        return out
+
+    def inlinable(self, name: str, depth: int, path: tuple[str, ...]) -> Chain | None:
+        callee = self.chains.get(name) if self.chains is not None else None
+        if callee is None or depth + 1 >= INLINE_DEPTH or name in path:
+            return None
+        if len(callee.rules) > INLINE_CALLEE_RULES or any(r.target.kind == xt.T_GOTO for r in callee.rules):
+            return None
+        return callee
+
+    def action(
+        self, rule: Rule, n: int, base: str, leave: str, depth: int, indent: str, path: tuple[str, ...]
+    ) -> list[str]:
+        """The target as statements; `n` rules of this chain have been evaluated."""
+        k = self.k
+        target = rule.target
+        kind = target.kind
+        credit = f"st.rules += {n} - {base}"
+        lines: list[str]
+        if kind in (xt.T_NONE, xt.T_LOG):
+            lines = ["pass"]
+        elif kind == xt.T_MARK:
+            lines = [credit, f"{base} = {n}", f"st.mark = (st.mark & {k(~target.mask & MAX)}) ^ {k(target.value)}"]
+        elif kind in (xt.T_JUMP, xt.T_GOTO):
+            service = self.labels.get(target.name)
+            label = [f"if st.service is None: st.service = {k(service)}"] if service is not None else []
+            callee = self.inlinable(target.name, depth, path) if kind == xt.T_JUMP else None
+            if callee is not None:
+                # The called chain, copied in: its RETURN (and its end) leave the block.
+                self.deps.append(target.name)
+                lines = [credit, f"{base} = {n}", *label, "while True:"]
+                inner = self.body(callee, depth + 1, indent + "    ", (*path, target.name))
+                return [f"{indent}{line}" for line in lines] + inner
+            name = k(target.name)
+            if kind == xt.T_GOTO:
+                lines = [credit, *label, f"return FN[{name}](st)"]
+            else:
+                lines = [credit, f"{base} = {n}", *label, f"v = FN[{name}](st)", "if v: return v"]
+        elif kind == xt.T_RETURN:
+            lines = [credit, leave]
+        elif kind == xt.T_ACCEPT:
+            lines = [credit, "return 1"]
+        elif kind == xt.T_DROP:
+            lines = [credit, "return 2"]
+        elif kind == xt.T_REJECT:
+            lines = [credit, "return 3"]
+        elif kind == xt.T_DNAT:
+            # Netfilter._nat for DNAT, inlined (no trace here: tracing walks with the interpreter).
+            ip, port = k(target.ip), (k(target.port) if target.port is not None else "st.dport")
+            lines = [
+                credit,
+                f"st.dnat = ({ip}, {port})",
+                f"st.dst, st.dport = {ip}, {port}",
+                "st.ctstate |= 64",
+                "return 1",
+            ]
+        else:
+            lines = [credit, f"NAT({k(target)}, st, '')", "return 1"]
+        return [f"{indent}{line}" for line in lines]
+
+
 def chain_source(
     chain: Chain, labels: Mapping[str, object] | None = None, chains: Mapping[str, Chain] | None = None
 ) -> tuple[str, list[Any], list[str]]:
     """The factory's source (values as parameters), the values, and the
-    chains whose emptiness the source relies on."""
-    consts: list[Any] = []
-    deps: list[str] = []
-
-    def k(value: Any) -> str:
-        consts.append(value)
-        return f"k{len(consts) - 1}"
-
-    body: list[str] = ["    def chain(st):", "        base = 0"]
-    if any(not isinstance(m, xt.PURE_MATCHES) for rule in chain.rules for m in rule.matches):
-        body.append("        st.pure = False")  # random or stateful matches ahead: never cache this walk
-    for i, rule in enumerate(chain.rules):
-        cond = _condition(rule, k)
-        action = _action(rule, i + 1, k, labels or {}, chains, deps)
-        body.append(f"        if {cond}:" if cond else "        if True:")
-        body += [f"            {line}" for line in action]
-    body.append(f"        st.rules += {len(chain.rules)} - base")
-    body.append("        return 0")
-    params = ", ".join(f"k{i}" for i in range(len(consts)))
+    chains copied into it (the function is valid while they are the same)."""
+    gen = _Gen(labels or {}, chains)
+    body = gen.body(chain, 0, "        ", (chain.name,))
+    params = ", ".join(f"k{i}" for i in range(len(gen.consts)))
     head = f"def factory(FN, NAT, RAND{', ' + params if params else ''}):"
-    return "\n".join([head, *body, "    return chain", ""]), consts, deps
+    return "\n".join([head, "    def chain(st):", *body, "    return chain", ""]), gen.consts, gen.deps
 
 
 def rule_test(rule: Rule, rand: Callable[[int], int]) -> Callable[[xt.PacketState], bool]:
@@ -182,49 +259,6 @@ def _match_expr(match: xt.Match, k: Callable[[Any], str]) -> str:
         # xt_statistic: (get_random_u32() & 0x7FFFFFFF) < threshold ('!' inverts).
         return f"(RAND(32) & 2147483647) {'>=' if match.inv else '<'} {k(match.threshold)}"
     return f"{k(match.test)}(st)"
-
-
-def _action(
-    rule: Rule,
-    n: int,
-    k: Callable[[Any], str],
-    labels: Mapping[str, object],
-    chains: Mapping[str, Chain] | None,
-    deps: list[str],
-) -> list[str]:
-    """The target as statements; `n` rules of this chain have been evaluated."""
-    target = rule.target
-    kind = target.kind
-    credit = f"st.rules += {n} - base"
-    if kind in (xt.T_NONE, xt.T_LOG):
-        return ["pass"]
-    if kind == xt.T_MARK:
-        return [credit, f"base = {n}", f"st.mark = (st.mark & {k(~target.mask & MAX)}) ^ {k(target.value)}"]
-    if kind in (xt.T_JUMP, xt.T_GOTO):
-        service = labels.get(target.name)
-        label = [f"if st.service is None: st.service = {k(service)}"] if service is not None else []
-        callee = chains.get(target.name) if chains is not None else None
-        if callee is not None and not callee.rules and service is None:
-            # An empty chain returns at once: count the jump and go on (or return, for -g).
-            deps.append(target.name)
-            return [credit, "return 0"] if kind == xt.T_GOTO else [credit, f"base = {n}"]
-        name = k(target.name)
-        if kind == xt.T_GOTO:
-            return [credit, *label, f"return FN[{name}](st)"]
-        return [credit, f"base = {n}", *label, f"v = FN[{name}](st)", "if v: return v"]
-    if kind == xt.T_RETURN:
-        return [credit, "return 0"]
-    if kind == xt.T_ACCEPT:
-        return [credit, "return 1"]
-    if kind == xt.T_DROP:
-        return [credit, "return 2"]
-    if kind == xt.T_REJECT:
-        return [credit, "return 3"]
-    if kind == xt.T_DNAT:
-        # Engine._nat for DNAT, inlined (no trace here: tracing walks with the interpreter).
-        ip, port = k(target.ip), (k(target.port) if target.port is not None else "st.dport")
-        return [credit, f"st.dnat = ({ip}, {port})", f"st.dst, st.dport = {ip}, {port}", "st.ctstate |= 64", "return 1"]
-    return [credit, f"NAT({k(target)}, st, '')", "return 1"]
 
 
 def _indexed(

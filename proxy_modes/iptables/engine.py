@@ -45,9 +45,10 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from netem.addr import MAX, int_to_ip
+from netem.conntrack import ESTABLISHED as TCP_ESTABLISHED
 from netem.conntrack import ORIGINAL, REPLY, SEEN_REPLY, Conntrack, CtEntry, tcp_next_state
 from netem.gcpause import paused_gc
-from netem.packet import TCP, Packet, format_flow, proto_name
+from netem.packet import ACK, TCP, Packet, format_flow, proto_name
 from proxy_modes.base import Decision, Reach, Step, Verdict
 
 from . import syntax, xt
@@ -262,6 +263,8 @@ class Netfilter:
         self.generation = 0
         self._fns: dict[str, Registry] = {}
         self._recent_refs: dict[tuple[str, str], set[str]] = {}
+        self._ct_get = self.conntrack.by_tuple.get
+        self._tcp_established_timeout = self.conntrack.timeouts.tcp[TCP_ESTABLISHED]
         self.load(tables)
 
     @classmethod
@@ -368,9 +371,38 @@ class Netfilter:
         )
 
     def route(self, packet: Packet, now: float) -> Decision:
-        hit = self.conntrack.lookup(packet[:5], now)
-        if hit is not None:
-            return self._established(packet, now, hit[0], hit[1], None)
+        flow = packet[:5]
+        entry = self._ct_get(flow)
+        if entry is not None and entry.expires > now:
+            direction = ORIGINAL if entry.orig == flow else REPLY
+            if entry.state == TCP_ESTABLISHED and packet.flags == ACK and packet.proto == TCP:
+                # Conntrack.update for the commonest packet, inlined: an ACK
+                # keeps an established TCP connection established and
+                # refreshes its timer (tcp_conntracks[dir][ack][ESTABLISHED]).
+                entry.expires = now + self._tcp_established_timeout
+                if direction == REPLY:
+                    entry.status |= SEEN_REPLY
+                valid = True
+            else:
+                valid = self.conntrack.update(entry, direction, packet.flags, now)
+            flow_cache = entry.data
+            if valid and type(flow_cache) is FlowCache:
+                # A later packet whose filter walk was seen before: its decision, as it was.
+                cached = flow_cache.orig if direction == ORIGINAL else flow_cache.reply
+                if (
+                    cached is not None
+                    and cached[0] == self.generation
+                    and cached[1] == entry.status & _NAT_AND_REPLY
+                    and cached[2] == packet.iif
+                    and cached[3] == packet.local
+                ):
+                    return cached[4]
+            return self._established(packet, now, entry, direction, None, valid)
+        if entry is not None:
+            hit = self.conntrack.lookup(flow, now)
+            if hit is not None:  # (expired: lookup removed it)
+                valid = self.conntrack.update(hit[0], hit[1], packet.flags, now)
+                return self._established(packet, now, hit[0], hit[1], None, valid)
         st = self.new_state(packet, now)
         verdict = self._first_packet(st)
         return self._decide(st, verdict, packet)
@@ -382,7 +414,8 @@ class Netfilter:
         flow = packet[:5]
         hit = self.conntrack.lookup(flow, now)
         if hit is not None:
-            decision = self._established(packet, now, hit[0], hit[1], steps)
+            valid = self.conntrack.update(hit[0], hit[1], packet.flags, now)
+            decision = self._established(packet, now, hit[0], hit[1], steps, valid)
             return EngineTrace(decision, steps, [], None)
         reach = self.reach(packet, now)
         steps.append(Step("conntrack", f"conntrack: no entry for {format_flow(flow)}: a new connection"))
@@ -631,11 +664,14 @@ class Netfilter:
     # --- later packets ----------------------------------------------------------------
 
     def _established(
-        self, packet: Packet, now: float, entry: CtEntry, direction: int, steps: list[Step] | None
+        self, packet: Packet, now: float, entry: CtEntry, direction: int, steps: list[Step] | None, valid: bool
     ) -> Decision:
-        """A packet of a known connection: NAT from the entry, filter from the
-        rules (cached per entry while the rules and the packet's state are the same)."""
-        if not self.conntrack.update(entry, direction, packet.flags, now):
+        """A packet of a known connection (already accounted in conntrack:
+        `valid` says how): NAT from the entry, filter from the rules. The
+        decision is kept on the entry while the rules, the entry's NAT/reply
+        status and the packet's interface are the same and the walk touched
+        nothing random or stateful (then the walk would give it again)."""
+        if not valid:
             ctstate = CT_INVALID
         elif direction == REPLY or entry.status & SEEN_REPLY:
             ctstate = CT_ESTABLISHED
@@ -645,35 +681,36 @@ class Netfilter:
             ctstate |= CT_DNAT
         if entry.status & 0x10:
             ctstate |= CT_SNAT
-        key = (self.generation, direction, ctstate, packet.iif, packet.local)
-        cached: list[Any] = entry.data  # type: ignore[assignment]
-        if type(cached) is not list:
-            # The first later packet: keep the service, add the filter cache.
-            cached = entry.data = [None, V_ACCEPT, 0, cached]
-        if steps is None and cached[0] == key:
-            verdict, rules = cached[1], cached[2]
-        else:
-            if steps is not None:
-                steps.append(Step("conntrack", _entry_text(entry, direction)))
-            st = self.new_state(packet, now)
-            st.ctstate, st.steps = ctstate, steps
-            verdict = self._later_packet(st, entry, direction)
-            rules = st.rules
-            if st.pure:
-                cached[0], cached[1], cached[2] = key, verdict, rules
-        service = cached[3]
+        flow = entry.data
+        if type(flow) is not FlowCache:
+            flow = entry.data = FlowCache(flow)  # the first later packet; data was the service
+        if steps is not None:
+            steps.append(Step("conntrack", _entry_text(entry, direction)))
+        st = self.new_state(packet, now)
+        st.ctstate, st.steps = ctstate, steps
+        verdict = self._later_packet(st, entry, direction)
+        rules = st.rules
+        service = flow.service
         if verdict != V_ACCEPT:
-            return Decision(_VERDICTS[verdict], None, False, rules, 1, service, established=True)
-        dnat = entry.dnat if direction == ORIGINAL else None
-        return Decision(
-            Verdict.DNAT if dnat is not None else Verdict.ACCEPT,
-            dnat,
-            entry.snat is not None,
-            rules,
-            1,
-            service,
-            established=True,
-        )
+            decision = Decision(_VERDICTS[verdict], None, False, rules, 1, service, established=True)  # type: ignore[arg-type]
+        else:
+            dnat = entry.dnat if direction == ORIGINAL else None
+            decision = Decision(
+                Verdict.DNAT if dnat is not None else Verdict.ACCEPT,
+                dnat,
+                entry.snat is not None,
+                rules,
+                1,
+                service,  # type: ignore[arg-type]
+                established=True,
+            )
+        if st.pure and valid and steps is None:
+            key = (self.generation, entry.status & _NAT_AND_REPLY, packet.iif, packet.local, decision)
+            if direction == ORIGINAL:
+                flow.orig = key
+            else:
+                flow.reply = key
+        return decision
 
     def _later_packet(self, st: PacketState, entry: CtEntry, direction: int) -> int:
         """The hooks of a tracked packet; conntrack does the NAT where the nat table would."""
@@ -734,6 +771,22 @@ class Netfilter:
         if st.steps is None and st.explore is None and not self.literal:
             return self._fns[table.name][hook](st) or (V_DROP if chain.policy == "DROP" else V_ACCEPT)
         return self._walk(table, hook, st)
+
+
+_NAT_AND_REPLY = SEEN_REPLY | 0x10 | 0x20  # the status bits a later packet's filter walk depends on
+
+
+class FlowCache:
+    """What a connection's entry remembers for its later packets: the service
+    it was routed to, and per direction the last decision with what it
+    depended on (rules generation, NAT/reply status, interface, locality)."""
+
+    __slots__ = ("orig", "reply", "service")
+
+    def __init__(self, service: object) -> None:
+        self.service = service
+        self.orig: tuple[Any, ...] | None = None
+        self.reply: tuple[Any, ...] | None = None
 
 
 def chain_policy(verdict: int) -> str:

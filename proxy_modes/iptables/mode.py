@@ -207,7 +207,12 @@ class IptablesMode:
         return self.nf
 
     def route(self, packet: Packet, now: float) -> Decision:
-        return self._engine().route(packet, now)
+        try:
+            return self.nf.route(packet, now)  # type: ignore[union-attr]
+        except AttributeError:
+            if self.nf is None:
+                raise UsageError("the iptables mode has no rules yet: sync a view or load a capture first") from None
+            raise
 
     def trace(self, packet: Packet, now: float) -> Trace:
         seen = self._engine().trace(packet, now)
