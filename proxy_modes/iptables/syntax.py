@@ -276,6 +276,8 @@ def _module_option(
     `-p tcp --dport 80`); returns the index after its values."""
     dest: xt.Options | None = None
     arity = 0
+    if target_name is not None and target_name not in xt.TARGET_ARITY:
+        raise OptionError(f"unsupported target -j {target_name} (or options given to a jump to a chain)")
     if target_name is not None and opt in xt.TARGET_ARITY.get(target_name, {}):
         dest, arity = target_opts, xt.TARGET_ARITY[target_name][opt]
     else:
