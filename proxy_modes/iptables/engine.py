@@ -561,13 +561,17 @@ class Netfilter:
         while True:
             hit = self._next(chain, pos, st)
             if hit < 0:
+                tried = len(chain.rules) - pos
+                passed = f" ({tried} more did not match)" if tried else ""
+                detail = {"table": table.name, "chain": chain.name, "unmatched": tried}
                 if stack:
                     if steps is not None:
-                        steps.append(Step("return", f"{table.name} {chain.name}: end of chain, return"))
+                        steps.append(Step("return", f"{table.name} {chain.name}: end of chain{passed}, return", detail))
                     chain, pos = stack.pop()
                     continue
                 if steps is not None:
-                    steps.append(Step("verdict", f"{table.name} {hook}: end of chain, policy {chain_policy(policy)}"))
+                    text = f"{table.name} {hook}: end of chain{passed}, policy {chain_policy(policy)}"
+                    steps.append(Step("verdict", text, detail))
                 return policy
             rule = chain.rules[hit]
             target = rule.target
@@ -657,7 +661,13 @@ class Netfilter:
             Step(
                 "rule",
                 f"{table.name} {chain.name} rule {hit + 1} matched{before}: {rule.spec}",
-                {"table": table.name, "chain": chain.name, "rule": hit + 1, "target": rule.target.name},
+                {
+                    "table": table.name,
+                    "chain": chain.name,
+                    "rule": hit + 1,
+                    "target": rule.target.name,
+                    "unmatched": skipped,
+                },
             )
         )
 

@@ -300,7 +300,11 @@ def capture_labels(tables: Tables) -> dict[str, object]:
     for chain in nat.chains.values():
         for rule in chain.rules:
             target = rule.target.name
-            if rule.comment is None or rule.target.kind not in (xt.T_JUMP, xt.T_GOTO):
+            if (
+                rule.comment is None
+                or rule.target.kind not in (xt.T_JUMP, xt.T_GOTO)
+                or not rules.is_service_chain(target)
+            ):
                 continue
             name = rule.comment
             for suffix in suffixes:
