@@ -172,7 +172,9 @@ class ChainIndex:
         self.merged: dict[Any, list[int]] = {}
 
     def candidates(self, st: PacketState) -> list[int]:
-        key: Any = st.dst if self.kind == "dst" else (st.proto, st.dport)
+        return self.merged_for(st.dst if self.kind == "dst" else (st.proto, st.dport))
+
+    def merged_for(self, key: Any) -> list[int]:
         hit = self.merged.get(key)
         if hit is None:
             keyed = self.by_key.get(key)
@@ -403,9 +405,51 @@ class Netfilter:
             if hit is not None:  # (expired: lookup removed it)
                 valid = self.conntrack.update(hit[0], hit[1], packet.flags, now)
                 return self._established(packet, now, hit[0], hit[1], None, valid)
-        st = self.new_state(packet, now)
-        verdict = self._first_packet(st)
-        return self._decide(st, verdict, packet)
+        if packet.local or self.literal or (packet.proto == TCP and _OPENS[packet.flags & 0xFF] is False):
+            st = self.new_state(packet, now)
+            return self._decide(st, self._first_packet(st), packet)
+        return self._new_forwarded(packet, now, flow)
+
+    def _new_forwarded(self, packet: Packet, now: float, flow: tuple[int, ...]) -> Decision:
+        """`_first_packet` + `_decide` for the commonest case, inlined: a
+        packet from outside the node that can open a connection, walked by
+        the compiled chains (PREROUTING, then INPUT or FORWARD + POSTROUTING)."""
+        dst = packet.dst
+        st = PacketState(
+            self, packet.proto, packet.src, packet.sport, dst, packet.dport, now, False, packet.iif, packet.flags
+        )
+        plan = self._plan
+        for name, registry, policy in plan["PREROUTING"]:
+            if name == "raw":
+                st.ctstate = CT_INVALID  # raw runs before conntrack: no entry yet
+                verdict = registry["PREROUTING"](st) or policy
+                st.ctstate = CT_NEW
+            else:
+                verdict = registry["PREROUTING"](st) or policy
+            if verdict != V_ACCEPT:
+                return Decision(_VERDICTS[verdict], None, False, st.rules, st.lookups + 1, st.service)  # type: ignore[arg-type]
+        dst = st.dst
+        if dst in self._local or dst >> 24 == LOOPBACK:
+            hooks: tuple[str, ...] = ("INPUT",)
+        else:
+            hooks = ("FORWARD", "POSTROUTING")
+            if self.oif is not None:
+                st.oif = self.oif(dst)
+        for hook in hooks:
+            for _, registry, policy in plan[hook]:
+                verdict = registry[hook](st) or policy
+                if verdict != V_ACCEPT:
+                    return Decision(_VERDICTS[verdict], None, False, st.rules, st.lookups + 1, st.service)  # type: ignore[arg-type]
+        dnat = st.dnat
+        self.conntrack.create(flow, now, dnat, st.snat, packet.flags, 0, st.service)  # type: ignore[arg-type]
+        return Decision(
+            Verdict.DNAT if dnat is not None else Verdict.ACCEPT,
+            dnat,
+            st.snat is not None,
+            st.rules,
+            st.lookups + 1,
+            st.service,  # type: ignore[arg-type]
+        )
 
     def trace(self, packet: Packet, now: float) -> EngineTrace:
         """`route()` with every step recorded, and the endpoints a new
@@ -545,8 +589,8 @@ class Netfilter:
         with paused_gc():
             for name, registry in self._fns.items():
                 for chain in self.tables[name].chains:
-                    registry[chain]
-                    count += 1
+                    prepare = getattr(registry[chain], "prepare", None)  # an indexed chain's per-destination parts
+                    count += 1 + (prepare() if prepare is not None else 0)
         return count
 
     def _walk(self, table: Table, hook: str, st: PacketState) -> int:
@@ -783,6 +827,9 @@ class Netfilter:
         return self._walk(table, hook, st)
 
 
+# Whether a TCP segment with these flags can open a connection (conntrack's
+# table from NONE); one that cannot is INVALID and skips the nat table.
+_OPENS = tuple(tcp_next_state(ORIGINAL, flags, 0) < 10 for flags in range(256))
 _NAT_AND_REPLY = SEEN_REPLY | 0x10 | 0x20  # the status bits a later packet's filter walk depends on
 
 

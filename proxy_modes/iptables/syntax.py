@@ -55,7 +55,6 @@ class Rule:
     __slots__ = (
         "comment",
         "dst",
-        "fast",
         "iif",
         "line",
         "matches",
@@ -81,7 +80,6 @@ class Rule:
         self.saved: tuple[Match, ...] = ()  # every match, for printing
         self.target = Target()
         self.comment: str | None = None
-        self.fast: Any = None  # (engine, compiled test), made by compile.rule_test
 
     def test(self, st: xt.PacketState) -> bool:
         if self.proto and (st.proto == self.proto) == self.proto_inv:
