@@ -46,6 +46,8 @@ class IptablesMode:
         self.last: rules.Rendered | None = None
         self.captured: str | None = None
         self.labels: dict[str, object] = {}
+        # route() is the engine's own (bound when there are rules): one call less per packet.
+        self.route: Callable[[Packet, float], Decision] = self._no_rules
         # The fragments' top-level rules, aligned with the renderer's fragments (partial syncs).
         self._services: list[list[Rule]] = []
         self._nodeports: list[list[Rule]] = []
@@ -82,6 +84,8 @@ class IptablesMode:
             assert self.nf is not None
             self.nf.restore(rendered.text, noflush=True, filename="kube-proxy", cache=self.cache)
         self.state, self.node, self.last, self.captured = view.state, node, rendered, None
+        assert self.nf is not None
+        self.route = self.nf.route
         return Ruleset(rendered.text, rendered.rules, rendered.partial, rendered.changed)
 
     def _apply_partial(self, rendered: rules.Rendered) -> None:
@@ -196,6 +200,7 @@ class IptablesMode:
             raise UsageError("--iptables-save needs --local-ip IP (the node's address; repeatable)")
         self.labels = capture_labels(tables)
         self.nf = Netfilter(tables, local_ips, rng=self.rng, labels=self.labels)
+        self.route = self.nf.route
         self.captured = text
         self.state = None
 
@@ -206,13 +211,8 @@ class IptablesMode:
             raise UsageError("the iptables mode has no rules yet: sync a view or load a capture first")
         return self.nf
 
-    def route(self, packet: Packet, now: float) -> Decision:
-        try:
-            return self.nf.route(packet, now)  # type: ignore[union-attr]
-        except AttributeError:
-            if self.nf is None:
-                raise UsageError("the iptables mode has no rules yet: sync a view or load a capture first") from None
-            raise
+    def _no_rules(self, packet: Packet, now: float) -> Decision:
+        raise UsageError("the iptables mode has no rules yet: sync a view or load a capture first")
 
     def trace(self, packet: Packet, now: float) -> Trace:
         seen = self._engine().trace(packet, now)
