@@ -20,6 +20,8 @@ import random
 import statistics
 from collections.abc import Callable, Iterator
 
+import pytest
+
 from kubenetem.scenarios import synthetic_cluster
 from netem.packet import ACK, SYN, TCP, Packet
 from proxy_modes.base import Decision, Verdict
@@ -154,3 +156,27 @@ def test_partial_sync_of_one_service(benchmark, services: int) -> None:  # type:
 
     partial = benchmark.pedantic(sync, rounds=40, iterations=1) if not benchmark.disabled else benchmark(sync)
     assert partial
+
+
+@pytest.mark.kernel
+def test_kernel_cost_curve(benchmark) -> None:  # type: ignore[no-untyped-def]
+    """The kernel's own curve, measured with the namespace harness: connect
+    latency to the first and the last service, and iptables-restore time,
+    against the number of services (what cost.py is calibrated from)."""
+    from proxy_modes.iptables import kernel
+
+    sizes = [100, 1000] if benchmark.disabled else [100, 1000, 10000]
+    connects = 60 if benchmark.disabled else 300
+
+    def measure() -> list[kernel.CurvePoint]:
+        return kernel.measure_curve(((n, kernel.one_endpoint_view(n)) for n in sizes), "nft", connects)
+
+    points = benchmark.pedantic(measure, rounds=1, iterations=1) if not benchmark.disabled else benchmark(measure)
+    assert [p.services for p in points] == sizes
+    assert all(p.rules_last - p.rules_first == p.services - 1 for p in points)
+    for p in points:
+        key = f"{p.services}svc"
+        benchmark.extra_info[f"connect_first_us_{key}"] = round(p.connect_first_us, 1)
+        benchmark.extra_info[f"connect_last_us_{key}"] = round(p.connect_last_us, 1)
+        benchmark.extra_info[f"restore_s_{key}"] = round(p.restore_s, 3)
+        benchmark.extra_info[f"modeled_last_us_{key}"] = round(cost.DEFAULT.latency_us(p.rules_last), 1)
