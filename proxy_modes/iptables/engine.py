@@ -49,7 +49,7 @@ from netem.conntrack import ESTABLISHED as TCP_ESTABLISHED
 from netem.conntrack import ORIGINAL, REPLY, SEEN_REPLY, Conntrack, CtEntry, tcp_next_state
 from netem.gcpause import paused_gc
 from netem.packet import ACK, TCP, Packet, format_flow, proto_name
-from proxy_modes.base import Decision, Reach, Step, Verdict
+from proxy_modes.base import Decision, Reach, Step, Verdict, probability_text
 
 from . import syntax, xt
 from .compile import Registry
@@ -625,6 +625,10 @@ class Netfilter:
             if kind in (T_JUMP, T_GOTO):
                 if kind == T_JUMP:
                     stack.append((chain, hit + 1))
+                if steps is not None:
+                    how = "jump" if kind == T_JUMP else "goto: no return here"
+                    text = f"{table.name} {target.name}: enter ({how} from {chain.name})"
+                    steps.append(Step("chain", text, {"table": table.name, "chain": target.name}))
                 chain = chains[target.name]
                 pos = 0
                 if st.service is None:
@@ -639,8 +643,13 @@ class Netfilter:
                 continue
             if kind == T_RETURN:
                 if stack:
-                    chain, pos = stack.pop()
+                    back, pos = stack.pop()
+                    if steps is not None:
+                        steps.append(Step("return", f"{table.name} {chain.name}: RETURN to {back.name}"))
+                    chain = back
                     continue
+                if steps is not None:
+                    steps.append(Step("verdict", f"{table.name} {hook}: RETURN from a built-in chain: policy"))
                 return policy
             if kind == T_ACCEPT:
                 return V_ACCEPT
@@ -701,10 +710,17 @@ class Netfilter:
         assert st.steps is not None
         skipped = hit - pos
         before = f" (after {skipped} that did not)" if skipped else ""
+        chance = ""
+        for match in rule.matches:
+            if isinstance(match, xt.Statistic) and match.mode == "random":
+                p = match.probability if not match.inv else 1 - match.probability
+                chance = f" [random draw won, p={probability_text(p)}]"
+            elif isinstance(match, xt.Recent) and match.command in ("--rcheck", "--update"):
+                chance = f" [address seen in recent list {match.list_name}]"
         st.steps.append(
             Step(
                 "rule",
-                f"{table.name} {chain.name} rule {hit + 1} matched{before}: {rule.spec}",
+                f"{table.name} {chain.name} rule {hit + 1} matched{before}{chance}: {rule.spec}",
                 {
                     "table": table.name,
                     "chain": chain.name,

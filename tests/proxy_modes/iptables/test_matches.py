@@ -235,3 +235,18 @@ def test_random_draws_need_an_rng() -> None:
     nf = Netfilter.from_save(nat("-A PREROUTING -m statistic --mode random --probability 0.5 -j ACCEPT\n"), [NODE])
     with pytest.raises(RuntimeError, match="rng"):
         nf.route(pkt("10.0.0.1", "172.30.0.1"), 0.0)
+
+
+def test_sctp_services_are_walked_like_tcp_ones() -> None:
+    """SCTP is rendered and walked (the kernel here has no SCTP sockets, so it is not sent)."""
+    from kn_iptables_views import ep, port, state, view
+
+    from proxy_modes.iptables.mode import IptablesMode
+
+    svc = port("ns", "sig", "172.30.0.40", 3868, "diameter", "SCTP")
+    mode = IptablesMode(random.Random(0))
+    mode.sync(view(state((svc, [ep("10.180.0.40", 3868)]))))
+    assert mode.last is not None and "-m sctp -p sctp -d 172.30.0.40 --dport 3868" in mode.last.full
+    d = mode.route(Packet(132, parse_ip("10.0.0.1"), 5000, parse_ip("172.30.0.40"), 3868), 0.0)
+    assert d.verdict == Verdict.DNAT and d.endpoint == (parse_ip("10.180.0.40"), 3868)
+    assert mode.route(Packet(TCP, parse_ip("10.0.0.1"), 5000, parse_ip("172.30.0.40"), 3868), 0.0).endpoint is None
