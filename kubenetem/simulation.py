@@ -296,6 +296,7 @@ class ControlPlane:
         at = round(event.at * NS)
         if isinstance(event, Kill):
             pod = self.find_pod(event.pod)
+            self.sim.kill(pod[2], event.how, at)  # known ahead: packets handled ahead of time meet it
             self.sim.at(at, lambda t: self.kill(t, pod, event.how))
         elif isinstance(event, Scale):
             workload = self.find_deployment(event.deployment)
@@ -306,7 +307,6 @@ class ControlPlane:
 
     def kill(self, t: int, pod: tuple[str, str, int], how: str) -> None:
         ns, name, ip = pod
-        self.sim.kill(ip, how)
         for key in self.endpoints_of(ip):
             self.dead[key] = how
             for router in self.routers.values():
@@ -321,10 +321,11 @@ class ControlPlane:
     def terminate(self, t: int, ns: str, name: str, ip: int) -> None:
         """Graceful deletion: not ready at once, serving until the grace period ends, then gone."""
         self.change(t, f"terminate pod/{ns}/{name}", self.without(self.truth, ip, True))
-        self.sim.at(t + round(self.config.grace * NS), lambda when: self._gone(when, ns, name, ip))
+        gone = t + round(self.config.grace * NS)
+        self.sim.kill(ip, TIMEOUT, gone)
+        self.sim.at(gone, lambda when: self._gone(when, ns, name, ip))
 
     def _gone(self, t: int, ns: str, name: str, ip: int) -> None:
-        self.sim.kill(ip, TIMEOUT)
         self.change(t, f"pod/{ns}/{name} deleted after its grace period", self.without(self.truth, ip, False))
 
     def scale(self, t: int, workload: Workload, replicas: int) -> None:
@@ -412,7 +413,7 @@ class ControlPlane:
         pods = [(p.meta.namespace, p.meta.name, p.pod_ip) for p in self.workload_pods(workload) if p.pod_ip in ready]
         like = {p.pod_ip for p in self.workload_pods(workload)}
         pods += [(ns, name, ip) for ip, (ns, name, _) in self.extra_pods.items() if ip in ready and ip not in like]
-        return [(ns, name, ip) for ns, name, ip in pods if ip is not None and not self.sim.hosts[ip].dead]
+        return [(ns, name, ip) for ns, name, ip in pods if ip is not None and not self.sim.is_dead(ip, self.sim.now)]
 
     def replicaset(self, workload: Workload) -> str:
         for pod in self.workload_pods(workload):
@@ -462,8 +463,6 @@ def simulate(cluster: Cluster, config: SimConfig) -> Report:
         capture=config.capture,
     )
     sim_ref.append(sim)
-    if config.events:
-        sim.lossy = True  # a pod can die mid-connection: segments need their timers
     targets = _targets(control.truth, config, sim)
     _clients(sim, config, targets)
     for event in config.events:

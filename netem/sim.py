@@ -59,6 +59,7 @@ from itertools import count
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from .link import CORRUPTED, Link
+from .netem_spec import parse_netem
 from .packet import ACK, FIN, ICMP, PSH, RST, SYN, TCP, Flow, Packet
 from .topology import BRIDGE, PodNet, Topology
 
@@ -99,6 +100,7 @@ OK, TIMEOUT, REFUSED, RESET, UNREACHABLE = "ok", "timeout", "refused", "reset", 
 EPHEMERAL_LOW, EPHEMERAL_HIGH = 32768, 60999
 
 _new = tuple.__new__
+NEVER = 1 << 62
 
 
 class Router(Protocol):
@@ -141,7 +143,7 @@ class Target(NamedTuple):
 class Host:
     """Where sockets live: a pod, an outside host, or a node itself (LOCAL)."""
 
-    __slots__ = ("dead", "down", "ip", "kind", "name", "next_port", "node", "up")
+    __slots__ = ("dead", "dead_at", "down", "ip", "kind", "name", "next_port", "node", "up")
 
     def __init__(self, kind: int, ip: int, node: Node, name: str, up: Link | None, down: Link | None) -> None:
         self.kind = kind
@@ -151,6 +153,7 @@ class Host:
         self.up = up  # host -> node (a pod's eth0, an outside host's uplink)
         self.down = down  # node -> pod (the host side of the veth); None for outside and local
         self.dead = ""  # "", TIMEOUT (deleted) or REFUSED (its process died)
+        self.dead_at = NEVER  # from when `dead` holds
         self.next_port = 0
 
 
@@ -173,9 +176,10 @@ class Conn:
 
     __slots__ = (
         "c_at",
-        "c_deadline",
         "c_rto",
+        "c_sent",
         "c_tries",
+        "c_wait",
         "client",
         "cst",
         "entry",
@@ -198,9 +202,10 @@ class Conn:
         "redials",
         "resp",
         "s_at",
-        "s_deadline",
         "s_rto",
+        "s_sent",
         "s_tries",
+        "s_wait",
         "service",
         "sst",
         "syns",
@@ -235,8 +240,8 @@ class Conn:
         self.redials = 0
         self.cst = C_SYN
         self.sst = S_LISTEN
-        self.c_at = self.c_deadline = self.c_rto = self.c_tries = 0
-        self.s_at = self.s_deadline = self.s_rto = self.s_tries = 0
+        self.c_at = self.c_sent = self.c_wait = self.c_rto = self.c_tries = 0
+        self.s_at = self.s_sent = self.s_wait = self.s_rto = self.s_tries = 0
         # a user-space proxy's leg 1 (client <-> proxy) and leg 2 (proxy <-> endpoint)
         self.proxied = False
         self.p_ep: tuple[int, int] | None = None
@@ -293,8 +298,12 @@ class Sim:
         self.targets: list[Target] = []
         self.records: list[Record] = []
         self.captured: list[tuple[int, Packet]] | None = [] if capture else None
-        # Data segments are retransmitted only where something can lose them.
-        self.lossy = link is not None
+        spec = parse_netem(link) if link is not None else None
+        if spec is not None and spec.slot_enabled:
+            raise ValueError("netem `slot` releases packets at slot times; the simulation drives links with send()")
+        # Hosts handle packets from their own veth at once unless the link can reorder them.
+        self.inline = spec is None or not (spec.jitter or spec.rate or spec.gap or spec.reorder)
+        self.lazy = self.inline  # timers only on loss (see "retransmission timers")
         self.sent = 0  # packets put on the network by endpoints (retransmissions included)
         self.retransmissions = 0
         self.drops: dict[str, int] = {"verdict": 0, "dead_pod": 0, "unroutable": 0, "corrupted": 0, "no_socket": 0}
@@ -356,11 +365,20 @@ class Sim:
         """Run `fn(t)` at time `t` (control-plane events: kills, syncs, scaling)."""
         heappush(self.heap, (t, next(self._seq), _call, fn, None, None))
 
-    def kill(self, ip: int, how: str = TIMEOUT) -> None:
-        """The pod at `ip` dies now (TIMEOUT: deleted, its packets vanish; REFUSED: its process died)."""
+    def kill(self, ip: int, how: str = TIMEOUT, at: int | None = None) -> None:
+        """The pod at `ip` dies at `at` (default: now). TIMEOUT: deleted, its
+        packets vanish; REFUSED: its process died. Known in advance, so that a
+        packet handled ahead of its arrival (see `_to_host`) meets it."""
         if how not in (TIMEOUT, REFUSED):
             raise ValueError(f"how must be {TIMEOUT!r} or {REFUSED!r}")
-        self.hosts[ip].dead = how
+        host = self.hosts[ip]
+        when = self.now if at is None else at
+        if when < host.dead_at:
+            host.dead, host.dead_at = how, when
+
+    def is_dead(self, ip: int, t: int) -> bool:
+        host = self.hosts.get(ip)
+        return host is not None and host.dead_at <= t
 
     def routers(self) -> dict[str, Router]:
         """The Routers made so far (nodes that saw traffic), by node name."""
@@ -381,24 +399,86 @@ class Sim:
             self.now = t
             event[2](t, event[3], event[4], event[5])
 
-    def _over(self, link: Link | None, pkt: Packet, t: int, fn: Any, a: Any, b: Any) -> None:
-        """Put `pkt` on `link` at `t`; `fn(when, a, b, copy)` for each copy that arrives."""
+    def _to_node(self, link: Link | None, pkt: Packet, t: int, fn: Any, node: Any, conn: Conn) -> None:
+        """Put `pkt` on `link` at `t` towards a node (or over a node's shared
+        eth0): each copy that arrives is an event, so nodes and shared links
+        see packets in time order."""
         cap = self.captured
         if link is None:
             if cap is not None:
                 cap.append((t, pkt))
             if t <= self.now:
-                fn(t, a, b, pkt)
+                fn(t, node, conn, pkt)
             else:
-                heappush(self.heap, (t, next(self._seq), fn, a, b, pkt))
+                heappush(self.heap, (t, next(self._seq), fn, node, conn, pkt))
             return
-        for when, p, marks in link.send(pkt, t):
+        deliveries = link.send(pkt, t)
+        if not deliveries:
+            self._lost(conn)
+        for when, p, marks in deliveries:
             if marks & CORRUPTED:
                 self.drops["corrupted"] += 1  # the receiver's checksum fails
+                self._lost(conn)
                 continue
             if cap is not None:
                 cap.append((when, p))
-            heappush(self.heap, (when, next(self._seq), fn, a, b, p))
+            heappush(self.heap, (when, next(self._seq), fn, node, conn, p))
+
+    def _to_transit(self, link: Link | None, pkt: Packet, t: int, node: Node, conn: Conn) -> None:
+        """Towards a node that only forwards this packet (not the connection's
+        first): that node asks no Router and sends on over the pod's own veth,
+        so, as in `_to_host`, it is handled at once at its arrival time."""
+        cap = self.captured
+        if link is None:
+            if cap is not None:
+                cap.append((t, pkt))
+            self._forward(t, node, conn, pkt, True)
+            return
+        deliveries = link.send(pkt, t)
+        if not deliveries:
+            self._lost(conn)
+        for when, p, marks in deliveries:
+            if marks & CORRUPTED:
+                self.drops["corrupted"] += 1
+                self._lost(conn)
+                continue
+            if cap is not None:
+                cap.append((when, p))
+            self._forward(when, node, conn, p, True)
+
+    def _to_host(self, link: Link | None, pkt: Packet, t: int, fwd: bool, host: Host, conn: Conn) -> None:
+        """Put `pkt` on a pod's (or client's) own veth at `t`.
+
+        Nothing else shares that veth or the connection's state at the far
+        end, so with links whose order of sends does not matter (no jitter,
+        rate or reorder: `inline`) the host handles the packet at once, at
+        its arrival time, instead of as an event: one event less per packet.
+        Death (`dead_at`) is known ahead, and a connection whose own timer
+        is due before the arrival waits for its event as usual. Copies that
+        jitter reorders on a veth would be handled in send order, hence
+        inline only without jitter."""
+        cap = self.captured
+        fn = self._at_responder if fwd else self._at_initiator
+        if link is None:
+            if cap is not None:
+                cap.append((t, pkt))
+            deliveries: Any = ((t, pkt, 0),)
+        else:
+            deliveries = link.send(pkt, t)
+            if not deliveries:
+                self._lost(conn)
+        for when, p, marks in deliveries:
+            if marks & CORRUPTED:
+                self.drops["corrupted"] += 1
+                self._lost(conn)
+                continue
+            if link is not None and cap is not None:
+                cap.append((when, p))
+            due = conn.s_at if fwd else conn.c_at
+            if self.inline and (not due or due >= when) and when >= self.now:
+                fn(when, host, conn, p)
+            else:
+                heappush(self.heap, (when, next(self._seq), fn, host, conn, p))
 
     # --- clients ----------------------------------------------------------------
 
@@ -429,10 +509,10 @@ class Sim:
         if conn.proto == TCP:
             conn.syns = 1
             self._c_send(t, conn, SYN, SYN_LEN)
-            self._arm_c(t, conn, TCP_TIMEOUT_INIT)
+            self._c_out(t, conn, TCP_TIMEOUT_INIT)
         else:
             self._c_send(t, conn, 0, self.udp_request_len)
-            self._arm_c(t, conn, UDP_REPLY_TIMEOUT)
+            self._c_out(t, conn, UDP_REPLY_TIMEOUT)
 
     def _c_send(self, t: int, conn: Conn, flags: int, length: int) -> None:
         """The client sends a segment (always in its own, untranslated form)."""
@@ -443,7 +523,7 @@ class Sim:
         if host.kind == LOCAL:
             self._fwd_node(t, conn.entry, conn, pkt)
         else:
-            self._over(host.up, pkt, t, self._fwd_node, conn.entry, conn)
+            self._to_node(host.up, pkt, t, self._fwd_node, conn.entry, conn)
 
     def _s_send(self, t: int, conn: Conn, flags: int, length: int) -> None:
         """The server (pod or proxy) sends a segment, as it sees the flow."""
@@ -456,7 +536,7 @@ class Sim:
         if local:
             self._rev_node(t, host.node, conn, pkt)
         else:
-            self._over(host.up, pkt, t, self._rev_node, host.node, conn)
+            self._to_node(host.up, pkt, t, self._rev_node, host.node, conn)
 
     def _s_icmp(self, t: int, conn: Conn, code: int) -> None:
         """ICMP destination unreachable from the server's address about the client's packet.
@@ -468,7 +548,7 @@ class Sim:
         f = conn.r_pre
         pkt = _new(Packet, (ICMP, f[1], f[2], f[3], f[4], False, "", code | conn.proto << 8, ICMP_UNREACH_LEN))
         self.sent += 1
-        self._over(host.up, pkt, t, self._rev_node, host.node, conn)
+        self._to_node(host.up, pkt, t, self._rev_node, host.node, conn)
 
     # --- nodes --------------------------------------------------------------------
 
@@ -507,6 +587,7 @@ class Sim:
                 return
             elif verdict != "ACCEPT":
                 self.drops["verdict"] += 1
+                self._lost(conn)
                 return
         elif pkt[0] != TCP or pkt[7] & (SYN | ACK) == SYN:
             # Only forwarded here: the nat table sees the connection's first packet.
@@ -515,6 +596,7 @@ class Sim:
                 t += router.cost_ns(d)
             if d.verdict in ("DROP", "REJECT"):
                 self.drops["verdict"] += 1
+                self._lost(conn)
                 return
         self._forward(t, node, conn, pkt, True)
 
@@ -538,6 +620,7 @@ class Sim:
             t += router.cost_ns(d)
         if d.verdict == "DROP":
             self.drops["verdict"] += 1
+            self._lost(conn)
             return
         out = _new(Packet, (f[0], f[1], f[2], f[3], f[4], False, "", pkt[7], pkt[8]))
         self._forward(t, node, conn, out, False)
@@ -590,15 +673,21 @@ class Sim:
         if hop is None:
             hop = node.hops[pkt[3]] = self._first_hop(node, pkt[3])
         link, kind, target = hop
-        if kind == TO_NODE:
-            self._over(link, pkt, t, self._fwd_node if fwd else self._rev_node, target, conn)
-        elif kind == TO_HOST:
-            if target.kind == LOCAL:
+        if kind == TO_HOST:
+            if target.kind == POD:
+                self._to_host(link, pkt, t, fwd, target, conn)
+            elif target.kind == LOCAL:
                 (self._at_responder if fwd else self._at_initiator)(t, target, conn, pkt)
+            else:  # an outside host, over the node's shared eth0
+                self._to_node(link, pkt, t, self._at_responder if fwd else self._at_initiator, target, conn)
+        elif kind == TO_NODE:
+            if fwd and self.inline and target is not conn.nat_node and (pkt[0] == TCP and pkt[7] & (SYN | ACK) != SYN):
+                self._to_transit(link, pkt, t, target, conn)
             else:
-                self._over(link, pkt, t, self._at_responder if fwd else self._at_initiator, target, conn)
+                self._to_node(link, pkt, t, self._fwd_node if fwd else self._rev_node, target, conn)
         else:
             self.drops["unroutable"] += 1
+            self._lost(conn)
 
     def _first_hop(self, node: Node, dst: int) -> tuple[Link | None, int, Any]:
         """Where `node` sends a packet for `dst`: its routing table (fib_lookup), then who is there."""
@@ -626,8 +715,9 @@ class Sim:
     def _at_responder(self, t: int, host: Host, conn: Conn, pkt: Packet) -> None:
         if host is not conn.resp:
             self.drops["no_socket"] += 1  # e.g. an ACCEPTed packet to a node address nobody listens on
+            self._lost(conn)
             return
-        if host.dead:
+        if host.dead_at <= t:
             self._dead(t, conn, pkt, host.dead)
         elif conn.proto == TCP:
             self._srv_tcp(t, conn, pkt[7])
@@ -637,6 +727,7 @@ class Sim:
     def _at_initiator(self, t: int, host: Host, conn: Conn, pkt: Packet) -> None:
         if host is not conn.client:
             self.drops["no_socket"] += 1
+            self._lost(conn)
             return
         if pkt[0] == ICMP:
             self._c_fail(t, conn, REFUSED if pkt[7] & 0xFF == PORT_UNREACH else UNREACHABLE)
@@ -648,105 +739,66 @@ class Sim:
     def _dead(self, t: int, conn: Conn, pkt: Packet, how: str) -> None:
         if how == TIMEOUT:
             self.drops["dead_pod"] += 1
+            self._lost(conn)
         elif pkt[0] == TCP:
             if not pkt[7] & RST:
                 self._s_send(t, conn, RST | ACK, ACK_LEN - 12)  # tcp_v4_send_reset: no options
         else:
             self._s_icmp(t, conn, PORT_UNREACH)
 
-    # --- TCP, the client's side ---------------------------------------------------------
+    # --- retransmission timers ------------------------------------------------------
+    #
+    # Each side has at most one segment outstanding (SYN, request, FIN;
+    # response, FIN): sent at `*_sent`, retransmitted `*_wait` ns later unless
+    # acknowledged (`*_wait` = 0). With links that keep their order (`lazy`)
+    # the timer becomes an event only when one of the connection's packets
+    # is lost (a link drop, a dead pod, a DROP verdict): a timer that is
+    # never lost to would only be cancelled, so only the losses pay for one.
+    # That is exact as long as no delay exceeds the RTO, which only jitter or
+    # a rate's queue can cause; those links arm every timer at once.
 
-    def _cli_tcp(self, t: int, conn: Conn, flags: int) -> None:
-        st = conn.cst
-        if flags & RST:
-            self._c_fail(t, conn, REFUSED if st == C_SYN else RESET)
-            return
-        if st == C_SYN:
-            if flags & SYN and flags & ACK:
-                conn.t_conn = t
-                m = t - conn.t_syn
-                conn.c_rto = min(m + max(2 * m, TCP_RTO_MIN), TCP_RTO_MAX)
-                conn.c_tries = 0
-                conn.cst = C_EST
-                self._c_send(t, conn, ACK, ACK_LEN)
-                leg1 = conn.leg1
-                if leg1 is None or leg1.p_req:
-                    self._c_request(t, conn)
-                else:
-                    conn.c_deadline = 0
-            return
-        if flags & SYN:  # a SYN-ACK again: our ACK was lost
-            self._c_send(t, conn, ACK, ACK_LEN)
-            return
-        if st == C_REQ:
-            if flags & PSH:
-                self._c_response(t, conn)
-            elif not flags & FIN:
-                conn.c_deadline = 0  # the request is acknowledged; the response will come
-            return
-        if st in (C_FIN, C_DONE):
-            if flags & FIN:
-                self._c_send(t, conn, ACK, ACK_LEN)
-                conn.cst = C_DONE
-                conn.c_deadline = 0
-            elif flags & PSH:
-                self._c_send(t, conn, ACK, ACK_LEN)
+    def _c_out(self, t: int, conn: Conn, wait: int) -> None:
+        conn.c_sent = t
+        conn.c_wait = wait
+        if not self.lazy:
+            self._arm_c(conn)
 
-    def _c_request(self, t: int, conn: Conn) -> None:
-        conn.cst = C_REQ
-        self._c_send(t, conn, PSH | ACK, self.request_len)
-        if self.lossy:
-            self._arm_c(t, conn, conn.c_rto)
-        else:
-            conn.c_deadline = 0
+    def _s_out(self, t: int, conn: Conn, wait: int) -> None:
+        conn.s_sent = t
+        conn.s_wait = wait
+        if not self.lazy:
+            self._arm_s(conn)
 
-    def _c_response(self, t: int, conn: Conn) -> None:
-        conn.cst = C_FIN
-        self._c_send(t, conn, FIN | ACK, ACK_LEN)
-        conn.c_tries = 0
-        if self.lossy:
-            self._arm_c(t, conn, conn.c_rto)
-        else:
-            conn.c_deadline = 0
-        leg1 = conn.leg1
-        if leg1 is not None:
-            self._relay_response(t, leg1)
-        else:
-            self._record(t, conn, OK)
+    def _lost(self, conn: Conn) -> None:
+        """A packet of `conn` is gone: whatever either side waits for will need its timer."""
+        if self.lazy:
+            if conn.c_wait:
+                self._arm_c(conn)
+            if conn.s_wait:
+                self._arm_s(conn)
 
-    def _c_fail(self, t: int, conn: Conn, why: str) -> None:
-        """The client gives up (or is told to); recorded unless the response was already in."""
-        st = conn.cst
-        conn.cst = C_DONE
-        conn.c_deadline = 0
-        if st >= C_FIN:
-            return
-        leg1 = conn.leg1
-        if leg1 is not None:
-            # The proxy's connection to the endpoint failed: it closes the client's.
-            if leg1.proto == TCP and leg1.sst < S_CLOSED:
-                leg1.sst = S_CLOSED
-                leg1.s_deadline = 0
-                self._s_send(t, leg1, RST | ACK, ACK_LEN - 12)
-        else:
-            self._record(t, conn, why)
-
-    def _arm_c(self, t: int, conn: Conn, delay: int) -> None:
-        deadline = t + delay
-        conn.c_deadline = deadline
+    def _arm_c(self, conn: Conn) -> None:
+        deadline = conn.c_sent + conn.c_wait
         at = conn.c_at
         if at == 0 or deadline < at:
             conn.c_at = deadline
             heappush(self.heap, (deadline, next(self._seq), self._c_timer, conn, None, None))
 
+    def _arm_s(self, conn: Conn) -> None:
+        deadline = conn.s_sent + conn.s_wait
+        at = conn.s_at
+        if at == 0 or deadline < at:
+            conn.s_at = deadline
+            heappush(self.heap, (deadline, next(self._seq), self._s_timer, conn, None, None))
+
     def _c_timer(self, t: int, conn: Conn, _a: object, _b: object) -> None:
         if t != conn.c_at:
             return  # superseded by an earlier timer
         conn.c_at = 0
-        deadline = conn.c_deadline
-        if deadline == 0 or conn.cst == C_DONE:
+        if not conn.c_wait or conn.cst == C_DONE:
             return
-        if deadline > t:
+        deadline = conn.c_sent + conn.c_wait
+        if deadline > t:  # the segment was sent again since: wait for the new deadline
             conn.c_at = deadline
             heappush(self.heap, (deadline, next(self._seq), self._c_timer, conn, None, None))
             return
@@ -761,7 +813,7 @@ class Sim:
             conn.syns += 1
             conn.t_syn = t
             self._c_send(t, conn, SYN, SYN_LEN)
-            self._arm_c(t, conn, TCP_TIMEOUT_INIT << (conn.syns - 1))
+            self._c_out(t, conn, TCP_TIMEOUT_INIT << (conn.syns - 1))
         else:
             if conn.c_tries >= TCP_RETRIES2:
                 if st == C_REQ:
@@ -776,7 +828,102 @@ class Sim:
                 self._c_send(t, conn, PSH | ACK, self.request_len)
             else:
                 self._c_send(t, conn, FIN | ACK, ACK_LEN)
-            self._arm_c(t, conn, conn.c_rto)
+            self._c_out(t, conn, conn.c_rto)
+
+    def _s_timer(self, t: int, conn: Conn, _a: object, _b: object) -> None:
+        if t != conn.s_at:
+            return
+        conn.s_at = 0
+        st = conn.sst
+        if not conn.s_wait or st not in (S_RESP, S_LAST):
+            return
+        deadline = conn.s_sent + conn.s_wait
+        if deadline > t:
+            conn.s_at = deadline
+            heappush(self.heap, (deadline, next(self._seq), self._s_timer, conn, None, None))
+            return
+        if conn.s_tries >= TCP_RETRIES2:
+            conn.sst = S_CLOSED
+            conn.s_wait = 0
+            return
+        conn.s_tries += 1
+        conn.s_rto = min(conn.s_rto * 2, TCP_RTO_MAX)
+        self.retransmissions += 1
+        if st == S_RESP:
+            self._s_send(t, conn, PSH | ACK, self.response_len)
+        else:
+            self._s_send(t, conn, FIN | ACK, ACK_LEN)
+        self._s_out(t, conn, conn.s_rto)
+
+    # --- TCP, the client's side ---------------------------------------------------------
+
+    def _cli_tcp(self, t: int, conn: Conn, flags: int) -> None:
+        st = conn.cst
+        if flags & RST:
+            self._c_fail(t, conn, REFUSED if st == C_SYN else RESET)
+            return
+        if st == C_SYN:
+            if flags & SYN and flags & ACK:
+                conn.t_conn = t
+                m = t - conn.t_syn
+                conn.c_rto = min(m + max(2 * m, TCP_RTO_MIN), TCP_RTO_MAX)
+                conn.c_wait = 0
+                conn.cst = C_EST
+                self._c_send(t, conn, ACK, ACK_LEN)
+                leg1 = conn.leg1
+                if leg1 is None or leg1.p_req:
+                    self._c_request(t, conn)
+            return
+        if flags & SYN:  # a SYN-ACK again: our ACK was lost
+            self._c_send(t, conn, ACK, ACK_LEN)
+            return
+        if st == C_REQ:
+            if flags & PSH:
+                self._c_response(t, conn)
+            elif not flags & FIN:
+                conn.c_wait = 0  # the request is acknowledged; the response will come
+            return
+        if st in (C_FIN, C_DONE):
+            if flags & FIN:
+                self._c_send(t, conn, ACK, ACK_LEN)
+                conn.cst = C_DONE
+                conn.c_wait = 0
+            elif flags & PSH:
+                self._c_send(t, conn, ACK, ACK_LEN)
+
+    def _c_request(self, t: int, conn: Conn) -> None:
+        conn.cst = C_REQ
+        conn.c_tries = 0
+        self._c_send(t, conn, PSH | ACK, self.request_len)
+        self._c_out(t, conn, conn.c_rto)
+
+    def _c_response(self, t: int, conn: Conn) -> None:
+        conn.cst = C_FIN
+        conn.c_tries = 0
+        self._c_send(t, conn, FIN | ACK, ACK_LEN)
+        self._c_out(t, conn, conn.c_rto)
+        leg1 = conn.leg1
+        if leg1 is not None:
+            self._relay_response(t, leg1)
+        else:
+            self._record(t, conn, OK)
+
+    def _c_fail(self, t: int, conn: Conn, why: str) -> None:
+        """The client gives up (or is told to); recorded unless the response was already in."""
+        st = conn.cst
+        conn.cst = C_DONE
+        conn.c_wait = 0
+        if st >= C_FIN:
+            return
+        leg1 = conn.leg1
+        if leg1 is not None:
+            # The proxy's connection to the endpoint failed: it closes the client's.
+            if leg1.proto == TCP and leg1.sst < S_CLOSED:
+                leg1.sst = S_CLOSED
+                leg1.s_wait = 0
+                self._s_send(t, leg1, RST | ACK, ACK_LEN - 12)
+        else:
+            self._record(t, conn, why)
 
     # --- TCP, the server's side -------------------------------------------------------
 
@@ -784,7 +931,7 @@ class Sim:
         st = conn.sst
         if flags & RST:
             conn.sst = S_CLOSED
-            conn.s_deadline = 0
+            conn.s_wait = 0
             return
         if flags & SYN:
             if st <= S_SYNRCVD:
@@ -806,16 +953,16 @@ class Sim:
             return
         if flags & FIN:
             if st in (S_EST, S_RESP, S_CLOSED):
-                conn.sst = S_LAST
-                self._s_send(t, conn, FIN | ACK, ACK_LEN)
+                conn.sst = S_LAST  # the FIN acknowledges the response; close too
                 conn.s_tries = 0
-                self._arm_s(t, conn)
+                self._s_send(t, conn, FIN | ACK, ACK_LEN)
+                self._s_out(t, conn, conn.s_rto or TCP_TIMEOUT_INIT)
             elif st == S_LAST:
                 self._s_send(t, conn, FIN | ACK, ACK_LEN)
             return
         if st == S_LAST:
             conn.sst = S_CLOSED
-            conn.s_deadline = 0
+            conn.s_wait = 0
 
     def _request(self, t: int, conn: Conn) -> None:
         conn.p_req = True
@@ -829,44 +976,9 @@ class Sim:
 
     def _respond(self, t: int, conn: Conn) -> None:
         conn.sst = S_RESP
-        self._s_send(t, conn, PSH | ACK, self.response_len)
         conn.s_tries = 0
-        self._arm_s(t, conn)
-
-    def _arm_s(self, t: int, conn: Conn) -> None:
-        if not self.lossy:
-            return
-        deadline = t + (conn.s_rto or TCP_TIMEOUT_INIT)
-        conn.s_deadline = deadline
-        at = conn.s_at
-        if at == 0 or deadline < at:
-            conn.s_at = deadline
-            heappush(self.heap, (deadline, next(self._seq), self._s_timer, conn, None, None))
-
-    def _s_timer(self, t: int, conn: Conn, _a: object, _b: object) -> None:
-        if t != conn.s_at:
-            return
-        conn.s_at = 0
-        deadline = conn.s_deadline
-        st = conn.sst
-        if deadline == 0 or st not in (S_RESP, S_LAST):
-            return
-        if deadline > t:
-            conn.s_at = deadline
-            heappush(self.heap, (deadline, next(self._seq), self._s_timer, conn, None, None))
-            return
-        if conn.s_tries >= TCP_RETRIES2:
-            conn.sst = S_CLOSED
-            return
-        conn.s_tries += 1
-        conn.s_rto = min((conn.s_rto or TCP_TIMEOUT_INIT) * 2, TCP_RTO_MAX)
-        self.retransmissions += 1
-        if st == S_RESP:
-            self._s_send(t, conn, PSH | ACK, self.response_len)
-        else:
-            self._s_send(t, conn, FIN | ACK, ACK_LEN)
-        conn.s_deadline = 0
-        self._arm_s(t, conn)
+        self._s_send(t, conn, PSH | ACK, self.response_len)
+        self._s_out(t, conn, conn.s_rto or TCP_TIMEOUT_INIT)
 
     # --- UDP ------------------------------------------------------------------------
 
@@ -881,7 +993,7 @@ class Sim:
         if conn.cst == C_DONE:
             return
         conn.cst = C_DONE
-        conn.c_deadline = 0
+        conn.c_wait = 0
         leg1 = conn.leg1
         if leg1 is not None:
             self._s_send(t, leg1, 0, self.udp_response_len)
