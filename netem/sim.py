@@ -22,7 +22,8 @@ What is modelled, and from where:
   RTT sample m plus max(2m, TCP_RTO_MIN = 200 ms) (tcp_input.c
   tcp_rtt_estimator: srtt = m, rttvar = max(m/2 * 4, rto_min); tcp_set_rto),
   doubling per retransmission up to TCP_RTO_MAX (120 s), at most
-  `tcp_retries2` (15) times. A RST (a closed port) or an ICMP error in
+  `tcp_retries2` (15) times, a FIN after the application closed at most
+  `tcp_orphan_retries` (8) times. A RST (a closed port) or an ICMP error in
   SYN_SENT fails the connect at once (tcp_ipv4.c tcp_v4_err, tcp_reset).
   The server answers every SYN with a SYN-ACK (a retransmitted SYN gets the
   SYN-ACK again, tcp_check_req); its own SYN-ACK timer is not modelled (the
@@ -75,6 +76,9 @@ TCP_SYN_RETRIES = 6  # net.ipv4.tcp_syn_retries
 TCP_RTO_MIN = 200 * MS  # include/net/tcp.h TCP_RTO_MIN
 TCP_RTO_MAX = 120 * NS  # include/net/tcp.h TCP_RTO_MAX
 TCP_RETRIES2 = 15  # net.ipv4.tcp_retries2
+# A closed (orphaned) socket's FIN: net.ipv4.tcp_orphan_retries 0 means 8
+# (tcp_timer.c tcp_orphan_retries()).
+TCP_ORPHAN_RETRIES = 8
 UDP_REPLY_TIMEOUT = 5 * NS  # resolv.conf(5) `timeout` default (RES_TIMEOUT)
 
 # Bytes on the wire (IP header included): a SYN carries MSS, SACK-permitted,
@@ -508,11 +512,11 @@ class Sim:
     def _open(self, t: int, conn: Conn) -> None:
         if conn.proto == TCP:
             conn.syns = 1
-            self._c_send(t, conn, SYN, SYN_LEN)
             self._c_out(t, conn, TCP_TIMEOUT_INIT)
+            self._c_send(t, conn, SYN, SYN_LEN)
         else:
-            self._c_send(t, conn, 0, self.udp_request_len)
             self._c_out(t, conn, UDP_REPLY_TIMEOUT)
+            self._c_send(t, conn, 0, self.udp_request_len)
 
     def _c_send(self, t: int, conn: Conn, flags: int, length: int) -> None:
         """The client sends a segment (always in its own, untranslated form)."""
@@ -812,10 +816,10 @@ class Sim:
             self.retransmissions += 1
             conn.syns += 1
             conn.t_syn = t
-            self._c_send(t, conn, SYN, SYN_LEN)
             self._c_out(t, conn, TCP_TIMEOUT_INIT << (conn.syns - 1))
+            self._c_send(t, conn, SYN, SYN_LEN)
         else:
-            if conn.c_tries >= TCP_RETRIES2:
+            if conn.c_tries >= (TCP_RETRIES2 if st == C_REQ else TCP_ORPHAN_RETRIES):
                 if st == C_REQ:
                     self._c_fail(t, conn, TIMEOUT)
                 else:
@@ -824,11 +828,11 @@ class Sim:
             conn.c_tries += 1
             self.retransmissions += 1
             conn.c_rto = min(conn.c_rto * 2, TCP_RTO_MAX)
+            self._c_out(t, conn, conn.c_rto)
             if st == C_REQ:
                 self._c_send(t, conn, PSH | ACK, self.request_len)
             else:
                 self._c_send(t, conn, FIN | ACK, ACK_LEN)
-            self._c_out(t, conn, conn.c_rto)
 
     def _s_timer(self, t: int, conn: Conn, _a: object, _b: object) -> None:
         if t != conn.s_at:
@@ -842,18 +846,18 @@ class Sim:
             conn.s_at = deadline
             heappush(self.heap, (deadline, next(self._seq), self._s_timer, conn, None, None))
             return
-        if conn.s_tries >= TCP_RETRIES2:
+        if conn.s_tries >= (TCP_RETRIES2 if st == S_RESP else TCP_ORPHAN_RETRIES):
             conn.sst = S_CLOSED
             conn.s_wait = 0
             return
         conn.s_tries += 1
         conn.s_rto = min(conn.s_rto * 2, TCP_RTO_MAX)
         self.retransmissions += 1
+        self._s_out(t, conn, conn.s_rto)
         if st == S_RESP:
             self._s_send(t, conn, PSH | ACK, self.response_len)
         else:
             self._s_send(t, conn, FIN | ACK, ACK_LEN)
-        self._s_out(t, conn, conn.s_rto)
 
     # --- TCP, the client's side ---------------------------------------------------------
 
@@ -894,14 +898,14 @@ class Sim:
     def _c_request(self, t: int, conn: Conn) -> None:
         conn.cst = C_REQ
         conn.c_tries = 0
-        self._c_send(t, conn, PSH | ACK, self.request_len)
         self._c_out(t, conn, conn.c_rto)
+        self._c_send(t, conn, PSH | ACK, self.request_len)
 
     def _c_response(self, t: int, conn: Conn) -> None:
         conn.cst = C_FIN
         conn.c_tries = 0
-        self._c_send(t, conn, FIN | ACK, ACK_LEN)
         self._c_out(t, conn, conn.c_rto)
+        self._c_send(t, conn, FIN | ACK, ACK_LEN)
         leg1 = conn.leg1
         if leg1 is not None:
             self._relay_response(t, leg1)
@@ -955,8 +959,8 @@ class Sim:
             if st in (S_EST, S_RESP, S_CLOSED):
                 conn.sst = S_LAST  # the FIN acknowledges the response; close too
                 conn.s_tries = 0
-                self._s_send(t, conn, FIN | ACK, ACK_LEN)
                 self._s_out(t, conn, conn.s_rto or TCP_TIMEOUT_INIT)
+                self._s_send(t, conn, FIN | ACK, ACK_LEN)
             elif st == S_LAST:
                 self._s_send(t, conn, FIN | ACK, ACK_LEN)
             return
@@ -977,8 +981,8 @@ class Sim:
     def _respond(self, t: int, conn: Conn) -> None:
         conn.sst = S_RESP
         conn.s_tries = 0
-        self._s_send(t, conn, PSH | ACK, self.response_len)
         self._s_out(t, conn, conn.s_rto or TCP_TIMEOUT_INIT)
+        self._s_send(t, conn, PSH | ACK, self.response_len)
 
     # --- UDP ------------------------------------------------------------------------
 
