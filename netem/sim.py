@@ -268,8 +268,8 @@ class Client:
 
 
 # A finished connection: (start, end, result, target index, endpoint, handshake ns
-# (-1: none), SYN retransmissions, failed proxy dials).
-Record = tuple[int, int, str, int, "tuple[int, int] | None", int, int, int]
+# (-1: none), SYN retransmissions, failed proxy dials, client address).
+Record = tuple[int, int, str, int, "tuple[int, int] | None", int, int, int, int]
 
 
 class Sim:
@@ -301,6 +301,8 @@ class Sim:
         self.hosts: dict[int, Host] = {}  # pods and outside hosts by address
         self.targets: list[Target] = []
         self.records: list[Record] = []
+        # Every packet as its sender sent it and as a node translated it
+        # (not again at each hop: one capture per tuple and transmission).
         self.captured: list[tuple[int, Packet]] | None = [] if capture else None
         spec = parse_netem(link) if link is not None else None
         if spec is not None and spec.slot_enabled:
@@ -407,10 +409,7 @@ class Sim:
         """Put `pkt` on `link` at `t` towards a node (or over a node's shared
         eth0): each copy that arrives is an event, so nodes and shared links
         see packets in time order."""
-        cap = self.captured
         if link is None:
-            if cap is not None:
-                cap.append((t, pkt))
             if t <= self.now:
                 fn(t, node, conn, pkt)
             else:
@@ -424,18 +423,13 @@ class Sim:
                 self.drops["corrupted"] += 1  # the receiver's checksum fails
                 self._lost(conn)
                 continue
-            if cap is not None:
-                cap.append((when, p))
             heappush(self.heap, (when, next(self._seq), fn, node, conn, p))
 
     def _to_transit(self, link: Link | None, pkt: Packet, t: int, node: Node, conn: Conn) -> None:
         """Towards a node that only forwards this packet (not the connection's
         first): that node asks no Router and sends on over the pod's own veth,
         so, as in `_to_host`, it is handled at once at its arrival time."""
-        cap = self.captured
         if link is None:
-            if cap is not None:
-                cap.append((t, pkt))
             self._forward(t, node, conn, pkt, True)
             return
         deliveries = link.send(pkt, t)
@@ -446,8 +440,6 @@ class Sim:
                 self.drops["corrupted"] += 1
                 self._lost(conn)
                 continue
-            if cap is not None:
-                cap.append((when, p))
             self._forward(when, node, conn, p, True)
 
     def _to_host(self, link: Link | None, pkt: Packet, t: int, fwd: bool, host: Host, conn: Conn) -> None:
@@ -461,11 +453,8 @@ class Sim:
         is due before the arrival waits for its event as usual. Copies that
         jitter reorders on a veth would be handled in send order, hence
         inline only without jitter."""
-        cap = self.captured
         fn = self._at_responder if fwd else self._at_initiator
         if link is None:
-            if cap is not None:
-                cap.append((t, pkt))
             deliveries: Any = ((t, pkt, 0),)
         else:
             deliveries = link.send(pkt, t)
@@ -476,8 +465,6 @@ class Sim:
                 self.drops["corrupted"] += 1
                 self._lost(conn)
                 continue
-            if link is not None and cap is not None:
-                cap.append((when, p))
             due = conn.s_at if fwd else conn.c_at
             if self.inline and (not due or due >= when) and when >= self.now:
                 fn(when, host, conn, p)
@@ -523,6 +510,8 @@ class Sim:
         f = conn.f_pre
         pkt = _new(Packet, (f[0], f[1], f[2], f[3], f[4], conn.local, "", flags, length))
         self.sent += 1
+        if self.captured is not None:
+            self.captured.append((t, pkt))
         host = conn.client
         if host.kind == LOCAL:
             self._fwd_node(t, conn.entry, conn, pkt)
@@ -537,6 +526,8 @@ class Sim:
         local = host.kind == LOCAL
         pkt = _new(Packet, (f[0], f[1], f[2], f[3], f[4], local, "", flags, length))
         self.sent += 1
+        if self.captured is not None and not conn.proxied:  # a proxy's own replies are captured translated
+            self.captured.append((t, pkt))
         if local:
             self._rev_node(t, host.node, conn, pkt)
         else:
@@ -552,6 +543,8 @@ class Sim:
         f = conn.r_pre
         pkt = _new(Packet, (ICMP, f[1], f[2], f[3], f[4], False, "", code | conn.proto << 8, ICMP_UNREACH_LEN))
         self.sent += 1
+        if self.captured is not None:
+            self.captured.append((t, pkt))
         self._to_node(host.up, pkt, t, self._rev_node, host.node, conn)
 
     # --- nodes --------------------------------------------------------------------
@@ -586,6 +579,8 @@ class Sim:
                     self._bind(t, node, conn, d)
                 f = conn.f_post
                 pkt = _new(Packet, (f[0], f[1], f[2], f[3], f[4], pkt[5], pkt[6], pkt[7], pkt[8]))
+                if self.captured is not None:
+                    self.captured.append((t, pkt))
             elif verdict == "REJECT":
                 self._reject(t, node, conn)
                 return
@@ -612,6 +607,8 @@ class Sim:
         f = conn.r_post
         if pkt[0] == ICMP:  # conntrack translates the error with its connection (RELATED)
             out = _new(Packet, (ICMP, f[1], f[2], f[3], f[4], False, "", pkt[7], pkt[8]))
+            if self.captured is not None:
+                self.captured.append((t, out))
             self._forward(t, node, conn, out, False)
             return
         router = node.router or self._router(node)
@@ -627,6 +624,8 @@ class Sim:
             self._lost(conn)
             return
         out = _new(Packet, (f[0], f[1], f[2], f[3], f[4], False, "", pkt[7], pkt[8]))
+        if self.captured is not None:
+            self.captured.append((t, out))
         self._forward(t, node, conn, out, False)
 
     def _bind(self, t: int, node: Node, conn: Conn, d: Any) -> None:
@@ -670,6 +669,8 @@ class Sim:
         f = conn.f_pre
         pkt = _new(Packet, (ICMP, f[3], f[4], f[1], f[2], False, "", PORT_UNREACH | f[0] << 8, ICMP_UNREACH_LEN))
         self.sent += 1
+        if self.captured is not None:
+            self.captured.append((t, pkt))
         self._forward(t, node, conn, pkt, False)
 
     def _forward(self, t: int, node: Node, conn: Conn, pkt: Packet, fwd: bool) -> None:
@@ -1063,7 +1064,7 @@ class Sim:
         handshake = conn.t_conn - conn.t0 if conn.t_conn >= 0 else -1
         ep = conn.ep if conn.ep is not None else conn.p_ep
         retries = conn.syns - 1 if conn.syns else 0
-        self.records.append((conn.t0, t, result, conn.target, ep, handshake, retries, conn.redials))
+        self.records.append((conn.t0, t, result, conn.target, ep, handshake, retries, conn.redials, conn.client.ip))
 
 
 def _call(t: int, fn: Callable[[int], None], _a: object, _b: object) -> None:
