@@ -2,7 +2,7 @@
 
 The simulator keeps packets as `netem.packet.Packet` tuples with their
 delivery time (integer ns); this turns them into real headers a capture
-tool decodes: IPv4 over LINKTYPE_RAW (101), nanosecond timestamps, TCP with
+tool decodes: raw IPv4 frames (LINKTYPE_IPV4, 228), nanosecond timestamps, TCP with
 the options Linux sends (MSS, SACK permitted, timestamps and window scale on
 a SYN; timestamps on every other segment; none on a RST), sequence and
 acknowledgment numbers that follow each side's bytes (a retransmission
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from .packet import Packet
 
-LINKTYPE_RAW = 101
+LINKTYPE_IPV4 = 228  # raw IPv4 frames, the link type scapy gives an IP packet
 TCP_HDR_SYN, TCP_HDR, TCP_HDR_BARE = 40, 32, 20
 SYN_OPTIONS_WS = 7
 
@@ -109,7 +109,9 @@ def to_scapy(pkt: Packet, tcp: _Tcp, t_ns: int) -> ScapyPacket:
         if not flags & PSH:
             payload = 0
         seq, ack = tcp.numbers(pkt, payload)
-        layer = TCP(sport=pkt.sport, dport=pkt.dport, flags=flags, seq=seq, ack=ack, window=64240, options=options)
+        # 64240 on a SYN, then 502 << 7 (window scale 7) as Linux advertises
+        window = 64240 if flags & SYN else 502
+        layer = TCP(sport=pkt.sport, dport=pkt.dport, flags=flags, seq=seq, ack=ack, window=window, options=options)
         out = ip / layer / Raw(b"\0" * payload) if payload else ip / layer
     elif proto == UDP_PROTO:
         out = ip / UDP(sport=pkt.sport, dport=pkt.dport) / Raw(b"\0" * max(0, pkt.length - 28))
@@ -137,7 +139,7 @@ def write(path: str, packets: Iterable[tuple[int, Packet]]) -> int:
     handle, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".kubenetem-", suffix=".pcap")
     os.close(handle)
     try:
-        writer = PcapWriter(tmp, linktype=LINKTYPE_RAW, nano=True, sync=False)
+        writer = PcapWriter(tmp, linktype=LINKTYPE_IPV4, nano=True, sync=False)
         try:
             for t, pkt in ordered:
                 writer.write(to_scapy(pkt, tcp, t))
