@@ -87,6 +87,7 @@ class ModeRouter:
         self._cost = cost
         self.cost = cost is not None
         self.cost_total = 0
+        self._ct = self.conntrack()
 
     def route(self, packet: Packet, now: float) -> Any:  # replaced per instance by the mode's own
         return self.mode.route(packet, now)
@@ -96,6 +97,10 @@ class ModeRouter:
         ns = self._cost(decision)
         self.cost_total += ns
         return ns
+
+    def synced(self) -> None:
+        """The mode synced: its conntrack table may be a new object."""
+        self._ct = self.conntrack()
 
     def conntrack(self) -> Conntrack | None:
         """The mode's conntrack table, wherever the mode keeps it (itself or its engine)."""
@@ -109,7 +114,7 @@ class ModeRouter:
         return None
 
     def reply_flow(self, flow: Flow, now: float) -> Flow | None:
-        ct = self.conntrack()
+        ct = self._ct
         if ct is None:
             return None
         hit = ct.lookup(flow, now)
@@ -235,6 +240,7 @@ class ControlPlane:
             view = self.views[node].with_state(state)
             self.views[node] = view
             router.mode.sync(view)
+            router.synced()
         # Endpoints gone from the view are no longer dialled: forget they were dead.
         present = {
             (ep.ip, ep.port) for entry in state.entries.values() for eps in entry.endpoints.values() for ep in eps
@@ -444,6 +450,13 @@ class ControlPlane:
 
 def simulate(cluster: Cluster, config: SimConfig) -> Report:
     """Build the network and the clients, play the events, run to the end."""
+    sim, control = prepare(cluster, config)
+    sim.run()
+    return Report(sim, control, config)
+
+
+def prepare(cluster: Cluster, config: SimConfig) -> tuple[Sim, ControlPlane]:
+    """Everything but the run: topology, nodes, clients and their schedule, events."""
     if config.clients <= 0 or config.connections <= 0:
         raise UsageError("--clients and --connections must be positive")
     if config.duration <= 0:
@@ -453,22 +466,26 @@ def simulate(cluster: Cluster, config: SimConfig) -> Report:
         raise UsageError("the cluster has no nodes with an address (InternalIP): nothing to route on")
     sim_ref: list[Sim] = []
     control = ControlPlane(cluster, config, sim_ref)
-    sim = Sim(
-        topology,
-        control.router_for,
-        random.Random(config.seed),
-        link=config.link,
-        request_bytes=config.request_bytes,
-        response_bytes=config.response_bytes,
-        capture=config.capture,
-    )
+    try:
+        sim = Sim(
+            topology,
+            control.router_for,
+            random.Random(config.seed),
+            link=config.link,
+            request_bytes=config.request_bytes,
+            response_bytes=config.response_bytes,
+            capture=config.capture,
+        )
+    except ValueError as exc:
+        raise UsageError(f"--link: {exc}") from None
     sim_ref.append(sim)
+    for node in sim.nodes.values():  # every node runs kube-proxy: its first sync is set-up, not traffic
+        sim.router(node)
     targets = _targets(control.truth, config, sim)
     _clients(sim, config, targets)
     for event in config.events:
         control.schedule(event)
-    sim.run()
-    return Report(sim, control, config)
+    return sim, control
 
 
 def _targets(state: ProxyState, config: SimConfig, sim: Sim) -> list[int]:

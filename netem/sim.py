@@ -59,7 +59,7 @@ from heapq import heappop, heappush
 from itertools import count
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from .link import CORRUPTED, Link
+from .link import CORRUPTED, Delivery, Link
 from .netem_spec import parse_netem
 from .packet import ACK, FIN, ICMP, PSH, RST, SYN, TCP, Flow, Packet
 from .topology import BRIDGE, PodNet, Topology
@@ -294,7 +294,12 @@ class Sim:
         self.udp_request_len = UDP_HDR + request_bytes
         self.udp_response_len = UDP_HDR + response_bytes
         self.heap: list[tuple[int, int, Any, Any, Any, Any]] = []
-        self._seq = count()
+        self._next = count().__next__  # tie-breaker: first come, first served
+        # Handlers bound once (a method looked up on self is a new object each time).
+        self.h_fwd: Any = self._fwd_node
+        self.h_rev: Any = self._rev_node
+        self.h_resp: Any = self._at_responder
+        self.h_init: Any = self._at_initiator
         self.now = 0
         self.links: list[Link] = []
         self.nodes: dict[str, Node] = {}
@@ -365,11 +370,11 @@ class Sim:
         if connections <= 0:
             return
         client = Client(host, targets, connections, interval)
-        heappush(self.heap, (start, next(self._seq), self._start, client, None, None))
+        heappush(self.heap, (start, self._next(), self._start, client, None, None))
 
     def at(self, t: int, fn: Callable[[int], None]) -> None:
         """Run `fn(t)` at time `t` (control-plane events: kills, syncs, scaling)."""
-        heappush(self.heap, (t, next(self._seq), _call, fn, None, None))
+        heappush(self.heap, (t, self._next(), _call, fn, None, None))
 
     def kill(self, ip: int, how: str = TIMEOUT, at: int | None = None) -> None:
         """The pod at `ip` dies at `at` (default: now). TIMEOUT: deleted, its
@@ -413,17 +418,24 @@ class Sim:
             if t <= self.now:
                 fn(t, node, conn, pkt)
             else:
-                heappush(self.heap, (t, next(self._seq), fn, node, conn, pkt))
+                heappush(self.heap, (t, self._next(), fn, node, conn, pkt))
             return
         deliveries = link.send(pkt, t)
-        if not deliveries:
+        if len(deliveries) == 1:
+            when, p, marks = deliveries[0]
+            if not marks:  # the common case
+                heappush(self.heap, (when, self._next(), fn, node, conn, p))
+                return
+        for when, p, _ in self._arrived(deliveries, conn):
+            heappush(self.heap, (when, self._next(), fn, node, conn, p))
+
+    def _arrived(self, deliveries: list[Delivery], conn: Conn) -> list[Delivery]:
+        """What a link delivered intact: a lost or corrupted (the receiver's checksum fails) packet is lost."""
+        intact = [d for d in deliveries if not d[2] & CORRUPTED]
+        self.drops["corrupted"] += len(deliveries) - len(intact)
+        if len(intact) < len(deliveries) or not deliveries:
             self._lost(conn)
-        for when, p, marks in deliveries:
-            if marks & CORRUPTED:
-                self.drops["corrupted"] += 1  # the receiver's checksum fails
-                self._lost(conn)
-                continue
-            heappush(self.heap, (when, next(self._seq), fn, node, conn, p))
+        return intact
 
     def _to_transit(self, link: Link | None, pkt: Packet, t: int, node: Node, conn: Conn) -> None:
         """Towards a node that only forwards this packet (not the connection's
@@ -432,17 +444,10 @@ class Sim:
         if link is None:
             self._forward(t, node, conn, pkt, True)
             return
-        deliveries = link.send(pkt, t)
-        if not deliveries:
-            self._lost(conn)
-        for when, p, marks in deliveries:
-            if marks & CORRUPTED:
-                self.drops["corrupted"] += 1
-                self._lost(conn)
-                continue
+        for when, p, _ in self._arrived(link.send(pkt, t), conn):
             self._forward(when, node, conn, p, True)
 
-    def _to_host(self, link: Link | None, pkt: Packet, t: int, fwd: bool, host: Host, conn: Conn) -> None:
+    def _to_host(self, link: Link | None, pkt: Packet, t: int, fn: Any, host: Host, conn: Conn, due: int) -> None:
         """Put `pkt` on a pod's (or client's) own veth at `t`.
 
         Nothing else shares that veth or the connection's state at the far
@@ -450,33 +455,36 @@ class Sim:
         rate or reorder: `inline`) the host handles the packet at once, at
         its arrival time, instead of as an event: one event less per packet.
         Death (`dead_at`) is known ahead, and a connection whose own timer
-        is due before the arrival waits for its event as usual. Copies that
-        jitter reorders on a veth would be handled in send order, hence
-        inline only without jitter."""
-        fn = self._at_responder if fwd else self._at_initiator
+        (`due`) runs out before the arrival waits for its event as usual.
+        Copies that jitter reorders on a veth would be handled in send order,
+        hence inline only without jitter."""
         if link is None:
-            deliveries: Any = ((t, pkt, 0),)
-        else:
-            deliveries = link.send(pkt, t)
-            if not deliveries:
-                self._lost(conn)
-        for when, p, marks in deliveries:
-            if marks & CORRUPTED:
-                self.drops["corrupted"] += 1
-                self._lost(conn)
-                continue
-            due = conn.s_at if fwd else conn.c_at
-            if self.inline and (not due or due >= when) and when >= self.now:
+            if self.inline and (not due or due >= t):
+                fn(t, host, conn, pkt)
+            else:
+                heappush(self.heap, (t, self._next(), fn, host, conn, pkt))
+            return
+        deliveries = link.send(pkt, t)
+        if len(deliveries) == 1:
+            when, p, marks = deliveries[0]
+            if not marks:  # the common case
+                if self.inline and (not due or due >= when):
+                    fn(when, host, conn, p)
+                else:
+                    heappush(self.heap, (when, self._next(), fn, host, conn, p))
+                return
+        for when, p, _ in self._arrived(deliveries, conn):
+            if self.inline and (not due or due >= when):
                 fn(when, host, conn, p)
             else:
-                heappush(self.heap, (when, next(self._seq), fn, host, conn, p))
+                heappush(self.heap, (when, self._next(), fn, host, conn, p))
 
     # --- clients ----------------------------------------------------------------
 
     def _start(self, t: int, client: Client, _a: object, _b: object) -> None:
         client.left -= 1
         if client.left > 0:
-            heappush(self.heap, (t + client.interval, next(self._seq), self._start, client, None, None))
+            heappush(self.heap, (t + client.interval, self._next(), self._start, client, None, None))
         targets = client.targets
         index = targets[0] if len(targets) == 1 else targets[self.rng.randrange(len(targets))]
         target = self.targets[index]
@@ -516,7 +524,7 @@ class Sim:
         if host.kind == LOCAL:
             self._fwd_node(t, conn.entry, conn, pkt)
         else:
-            self._to_node(host.up, pkt, t, self._fwd_node, conn.entry, conn)
+            self._to_node(host.up, pkt, t, self.h_fwd, conn.entry, conn)
 
     def _s_send(self, t: int, conn: Conn, flags: int, length: int) -> None:
         """The server (pod or proxy) sends a segment, as it sees the flow."""
@@ -531,7 +539,7 @@ class Sim:
         if local:
             self._rev_node(t, host.node, conn, pkt)
         else:
-            self._to_node(host.up, pkt, t, self._rev_node, host.node, conn)
+            self._to_node(host.up, pkt, t, self.h_rev, host.node, conn)
 
     def _s_icmp(self, t: int, conn: Conn, code: int) -> None:
         """ICMP destination unreachable from the server's address about the client's packet.
@@ -545,11 +553,12 @@ class Sim:
         self.sent += 1
         if self.captured is not None:
             self.captured.append((t, pkt))
-        self._to_node(host.up, pkt, t, self._rev_node, host.node, conn)
+        self._to_node(host.up, pkt, t, self.h_rev, host.node, conn)
 
     # --- nodes --------------------------------------------------------------------
 
-    def _router(self, node: Node) -> Router:
+    def router(self, node: Node) -> Router:
+        """The node's Router, made (and synced) on first use."""
         router = node.router
         if router is None:
             router = node.router = self.router_for(node.name)
@@ -557,7 +566,7 @@ class Sim:
 
     def _fwd_node(self, t: int, node: Node, conn: Conn, pkt: Packet) -> None:
         """A packet from the client's side enters `node`."""
-        router = node.router or self._router(node)
+        router = node.router or self.router(node)
         if node is conn.nat_node:
             if conn.proxied:
                 router.route(pkt, t / NS)  # the kernel's REDIRECT entry; the proxy's socket takes it
@@ -611,7 +620,7 @@ class Sim:
                 self.captured.append((t, out))
             self._forward(t, node, conn, out, False)
             return
-        router = node.router or self._router(node)
+        router = node.router or self.router(node)
         seen = pkt
         m = conn.r_mode
         if m is not None:
@@ -679,17 +688,21 @@ class Sim:
             hop = node.hops[pkt[3]] = self._first_hop(node, pkt[3])
         link, kind, target = hop
         if kind == TO_HOST:
-            if target.kind == POD:
-                self._to_host(link, pkt, t, fwd, target, conn)
-            elif target.kind == LOCAL:
-                (self._at_responder if fwd else self._at_initiator)(t, target, conn, pkt)
+            host_kind = target.kind
+            if host_kind == POD:
+                if fwd:
+                    self._to_host(link, pkt, t, self.h_resp, target, conn, conn.s_at)
+                else:
+                    self._to_host(link, pkt, t, self.h_init, target, conn, conn.c_at)
+            elif host_kind == LOCAL:
+                (self.h_resp if fwd else self.h_init)(t, target, conn, pkt)
             else:  # an outside host, over the node's shared eth0
-                self._to_node(link, pkt, t, self._at_responder if fwd else self._at_initiator, target, conn)
+                self._to_node(link, pkt, t, self.h_resp if fwd else self.h_init, target, conn)
         elif kind == TO_NODE:
             if fwd and self.inline and target is not conn.nat_node and (pkt[0] == TCP and pkt[7] & (SYN | ACK) != SYN):
                 self._to_transit(link, pkt, t, target, conn)
             else:
-                self._to_node(link, pkt, t, self._fwd_node if fwd else self._rev_node, target, conn)
+                self._to_node(link, pkt, t, self.h_fwd if fwd else self.h_rev, target, conn)
         else:
             self.drops["unroutable"] += 1
             self._lost(conn)
@@ -787,14 +800,14 @@ class Sim:
         at = conn.c_at
         if at == 0 or deadline < at:
             conn.c_at = deadline
-            heappush(self.heap, (deadline, next(self._seq), self._c_timer, conn, None, None))
+            heappush(self.heap, (deadline, self._next(), self._c_timer, conn, None, None))
 
     def _arm_s(self, conn: Conn) -> None:
         deadline = conn.s_sent + conn.s_wait
         at = conn.s_at
         if at == 0 or deadline < at:
             conn.s_at = deadline
-            heappush(self.heap, (deadline, next(self._seq), self._s_timer, conn, None, None))
+            heappush(self.heap, (deadline, self._next(), self._s_timer, conn, None, None))
 
     def _c_timer(self, t: int, conn: Conn, _a: object, _b: object) -> None:
         if t != conn.c_at:
@@ -805,7 +818,7 @@ class Sim:
         deadline = conn.c_sent + conn.c_wait
         if deadline > t:  # the segment was sent again since: wait for the new deadline
             conn.c_at = deadline
-            heappush(self.heap, (deadline, next(self._seq), self._c_timer, conn, None, None))
+            heappush(self.heap, (deadline, self._next(), self._c_timer, conn, None, None))
             return
         st = conn.cst
         if conn.proto != TCP:
@@ -845,7 +858,7 @@ class Sim:
         deadline = conn.s_sent + conn.s_wait
         if deadline > t:
             conn.s_at = deadline
-            heappush(self.heap, (deadline, next(self._seq), self._s_timer, conn, None, None))
+            heappush(self.heap, (deadline, self._next(), self._s_timer, conn, None, None))
             return
         if conn.s_tries >= (TCP_RETRIES2 if st == S_RESP else TCP_ORPHAN_RETRIES):
             conn.sst = S_CLOSED
@@ -1029,7 +1042,7 @@ class Sim:
 
     def _proxy_accept(self, t: int, conn: Conn) -> None:
         """The proxy accepted the client's connection (or datagram): dial after the failed dials."""
-        heappush(self.heap, (t + conn.p_wait, next(self._seq), self._proxy_dial, conn, None, None))
+        heappush(self.heap, (t + conn.p_wait, self._next(), self._proxy_dial, conn, None, None))
 
     def _proxy_dial(self, t: int, conn: Conn, _a: object, _b: object) -> None:
         ep = conn.p_ep
