@@ -1,0 +1,325 @@
+"""nginx.conf from the model: decisions in Python, layout in Jinja2 templates.
+
+templates/nginx.conf.j2 (the frame), upstream.j2 (an upstream and its maps),
+server.j2 (a server block and the maps its locations need) and location.j2.
+Every value a template prints must come through `q` (a quoted nginx string,
+escaped) or `word` (a bare token checked against a strict allowlist), or be
+a fragment this module rendered; the environment's `finalize` refuses
+anything else, so no text from an Ingress can reach the config unquoted even
+if a validator missed it (the lesson of CVE-2021-25742, CVE-2023-5043/5044
+and CVE-2025-1974). StrictUndefined turns a template typo into an error.
+
+Rendering is incremental: each upstream and server fragment is cached under
+the (immutable) model objects it came from, so after one Ingress changes only
+its servers are rendered again, and after an endpoints change only the
+changed upstreams. The same model gives byte-identical output.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+
+from netem.errors import KubenetemError
+
+from . import templates_dir
+from .locations import NginxLocation, nginx_locations
+from .model import DEFAULT_SERVER, IngressModel, Location, Server, Upstream, needs_rewrite
+from .router import HSTS, canary_percent
+
+DEFAULT_CERT = "default-fake-certificate"  # ingress-nginx's name for its generated certificate
+_WORD = re.compile(r"[A-Za-z0-9._:/\-\[\]]+\Z")
+
+
+class RenderError(KubenetemError):
+    """A value that would reach nginx.conf unquoted: a bug, never user input."""
+
+
+class Nginx(str):
+    """Text that is safe to place in nginx.conf as it is."""
+
+
+def q(value: object) -> Nginx:
+    """A double-quoted nginx string (ngx_conf_read_token: \\\\ and \\" are the
+    escapes; a `$` is escaped only where the caller wants no variables)."""
+    text = str(value)
+    if any(c in text for c in "\n\r\0"):
+        raise RenderError(f"control character in a value for nginx.conf: {text!r}")
+    return Nginx('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
+
+
+def literal(value: object) -> Nginx:
+    """A quoted string in which `$` is not a variable: nginx has no escape for
+    `$` inside strings, so a value holding one is refused."""
+    text = str(value)
+    if "$" in text:
+        raise RenderError(f"'$' in a literal for nginx.conf: {text!r}")
+    return q(text)
+
+
+def comment(value: object) -> Nginx:
+    """A `# ...` comment: safe once it can hold no line break."""
+    return Nginx("# " + "".join(c if c.isprintable() else "?" for c in str(value)))
+
+
+def word(value: object) -> Nginx:
+    text = str(value)
+    if not _WORD.match(text):
+        raise RenderError(f"not a bare nginx token: {text!r}")
+    return Nginx(text)
+
+
+def regex_literal(text: str) -> str:
+    """A PCRE that matches `text` exactly (for map keys)."""
+    return re.sub(r"([\\.^$|?*+()\[\]{}])", r"\\\1", text)
+
+
+def _finalize(value: Any) -> Any:
+    if isinstance(value, Nginx) or value is None or value == "":
+        return "" if value is None else value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise RenderError(f"unquoted value reached a template: {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RenderOptions:
+    listen_http: tuple[str, ...] = ("80",)
+    listen_https: tuple[str, ...] = ("443",)
+    workers: str = "auto"
+    pid: str = "nginx.pid"
+    error_log: str = "stderr"
+    access_log: str = "off"
+
+
+@dataclass
+class Rendered:
+    text: str
+    files: dict[str, str]  # path relative to nginx.conf's directory -> content
+
+
+@dataclass
+class Renderer:
+    options: RenderOptions = field(default_factory=RenderOptions)
+    _ups: dict[str, tuple[object, Nginx]] = field(default_factory=dict)
+    _srv: dict[str, tuple[object, Nginx]] = field(default_factory=dict)
+    _env: jinja2.Environment = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(templates_dir())),
+            undefined=jinja2.StrictUndefined,
+            finalize=_finalize,
+            autoescape=False,
+            keep_trailing_newline=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self._env.filters.update(q=q, word=word, literal=literal)
+        self._t_upstream = self._env.get_template("upstream.j2")
+        self._t_server = self._env.get_template("server.j2")
+        self._t_conf = self._env.get_template("nginx.conf.j2")
+
+    def render(self, model: IngressModel, default_cert: tuple[str, str] | None = None) -> Rendered:
+        ups = [self._upstream(u, model.upstreams) for _, u in sorted(model.upstreams.items())]
+        servers = [self._server(s, model.upstreams) for s in model.sorted_servers()]
+        self._forget(model)
+        o = self.options
+        text = self._t_conf.render(
+            workers=word(o.workers),
+            pid=literal(o.pid),
+            error_log=literal(o.error_log),
+            access_log=literal(o.access_log) if o.access_log != "off" else Nginx("off"),
+            hsts=literal(HSTS),
+            upstreams=ups,
+            servers=servers,
+            names_hash=_pow2(max(len(model.servers), 512)),
+        )
+        files = {f"ssl/{name}.pem": crt + key for name, (crt, key) in sorted(model.certificates.items())}
+        if default_cert is not None:
+            files[f"ssl/{DEFAULT_CERT}.pem"] = default_cert[0] + default_cert[1]
+        return Rendered(text, files)
+
+    def _forget(self, model: IngressModel) -> None:
+        for cache, live in ((self._ups, model.upstreams), (self._srv, model.servers)):
+            for name in [n for n in cache if n not in live]:
+                del cache[name]
+
+    # -- upstreams -------------------------------------------------------------
+
+    def _upstream(self, up: Upstream, all_ups: dict[str, Upstream]) -> Nginx:
+        alt = all_ups.get(up.canary) if up.canary else None
+        key = (up, target(alt) if alt else None)
+        hit = self._ups.get(up.name)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        text = Nginx(self._t_upstream.render(u=_upstream_view(up, alt)))
+        self._ups[up.name] = (key, text)
+        return text
+
+    # -- servers -----------------------------------------------------------------
+
+    def _server(self, server: Server, all_ups: dict[str, Upstream]) -> Nginx:
+        names = {loc.upstream for loc in server.locations if loc.upstream}
+        key = (server, tuple(sorted((n, location_target(all_ups.get(n))) for n in names)))
+        hit = self._srv.get(server.host)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        view = _server_view(server, all_ups, self.options)
+        text = Nginx(self._t_server.render(s=view))
+        self._srv[server.host] = (key, text)
+        return text
+
+
+def _pow2(n: int) -> int:
+    p = 512
+    while p < n:
+        p *= 2
+    return p
+
+
+def var(up: Upstream) -> str:
+    return up.var
+
+
+def target(up: Upstream) -> str:
+    """What proxy_pass names for an upstream: the group, or the affinity map."""
+    return f"$kn_aff_{up.var}" if up.affinity_cookie else up.name
+
+
+def location_target(up: Upstream | None) -> str:
+    if up is None:
+        return ""
+    return f"$kn_cn_{up.var}" if up.canary else target(up)
+
+
+def _upstream_view(up: Upstream, alt: Upstream | None) -> dict[str, Any]:
+    servers = [word(e.address) for e in up.endpoints]
+    view: dict[str, Any] = {
+        "name": word(up.name),
+        "comment": comment(f"{up.service}:{up.port}"),
+        "servers": servers,
+        "method": None,
+        "affinity": None,
+        "canary": None,
+    }
+    if up.hash_by:
+        view["method"] = Nginx(f"hash {q(up.hash_by)} consistent")
+    elif up.balance == "ewma":
+        view["method"] = Nginx("least_conn")
+    if up.affinity_cookie and up.endpoints:
+        name = up.affinity_cookie
+        cookies = "|".join(regex_literal(e.cookie) for e in up.endpoints)
+        view["affinity"] = {
+            "var": word(up.var),
+            "cookie_var": word(f"$cookie_{name}"),
+            "pick": [(q(f"~^{regex_literal(e.cookie)}$"), word(e.address)) for e in up.endpoints],
+            "default": word(up.name),
+            "key": q(f"$cookie_{name}|$upstream_addr"),
+            "known": q(f"~^(?:{cookies})\\|"),
+            "set": [
+                (q(f"~\\|{regex_literal(e.address)}$"), literal(f"{name}={e.cookie}; Path={up.cookie_path}; HttpOnly"))
+                for e in up.endpoints
+            ],
+        }
+    if alt is not None and up.canary_policy is not None:
+        view["canary"] = _canary_view(up, alt)
+    return view
+
+
+def _canary_view(up: Upstream, alt: Upstream) -> dict[str, Any]:
+    """balancer.lua's order as chained maps: the first of header, cookie and
+    weight that has an opinion ("y" or "n") decides."""
+    p = up.canary_policy
+    assert p is not None
+    v = up.var
+    parts: list[str] = []
+    view: dict[str, Any] = {"var": word(v), "header": None, "cookie": None, "split": None}
+    if p.header:
+        values = [(p.header_value, "y")] if p.header_value else [("always", "y"), ("never", "n")]
+        view["header"] = {
+            "source": word("$http_" + p.header.lower().replace("-", "_")),
+            "values": [(q(f"~^{regex_literal(val)}$"), word(r)) for val, r in values],
+        }
+        parts.append(f"$kn_cnh_{v}")
+    if p.cookie:
+        view["cookie"] = {
+            "source": word(f"$cookie_{p.cookie}"),
+            "values": [(q("~^always$"), word("y")), (q("~^never$"), word("n"))],
+        }
+        parts.append(f"$kn_cnc_{v}")
+    percent = canary_percent(p.weight, p.weight_total)
+    if 0 < percent < 100:
+        view["split"] = word(f"{percent:g}%")
+        parts.append(f"$kn_cnw_{v}")
+    else:
+        parts.append("y" if percent >= 100 else "n")
+    view["key"] = q("".join(parts))
+    view["canary_target"] = word(target(alt))
+    view["primary_target"] = word(target(up))
+    return view
+
+
+def _server_view(server: Server, all_ups: dict[str, Upstream], o: RenderOptions) -> dict[str, Any]:
+    default = server.host == DEFAULT_SERVER
+    return {
+        "host": literal(server.host),
+        "server_name": _server_name(server.host),
+        "listen_http": [Nginx(f"{word(a)}{' default_server' if default else ''}") for a in o.listen_http],
+        "listen_https": [Nginx(f"{word(a)}{' default_server' if default else ''} ssl") for a in o.listen_https],
+        "cert": word(f"ssl/{server.cert or DEFAULT_CERT}.pem"),
+        "app_root": literal(server.app_root) if server.app_root else None,
+        "locations": [_location_view(nl, server, all_ups) for nl in nginx_locations(server)],
+    }
+
+
+def _server_name(host: str) -> Nginx:
+    """buildServerName: a wildcard is a regex matching exactly one label."""
+    if host == DEFAULT_SERVER:
+        return Nginx("_")
+    if host.startswith("*."):
+        return q("~^(?<subdomain>[\\w-]+)\\." + host[2:].replace(".", "\\.") + "$")
+    return word(host)
+
+
+def _location_view(nl: NginxLocation, server: Server, all_ups: dict[str, Upstream]) -> dict[str, Any]:
+    loc: Location = nl.location
+    s = loc.settings
+    up = all_ups.get(loc.upstream) if loc.upstream else None
+    name = Nginx(f"{nl.modifier} {q(nl.name)}" if nl.modifier else q(nl.name))
+    why = f"{loc.ingress or 'default backend'}: {loc.path_type} {loc.path}"
+    if loc.fallback:
+        why = f"{loc.ingress or 'no Ingress'}: fallback of {server.host}"
+    if nl.shadow:
+        why += " (keeps the spec: no 301 to the path with '/')"
+    redirect = s.force_ssl_redirect or (s.ssl_redirect and bool(server.cert))
+    return {
+        "name": name,
+        "comment": comment(why),
+        "body_size": word(s.body_size or "1m"),
+        "ssl_redirect": redirect,
+        "rewrite": (q("(?i)" + loc.path), q(s.rewrite_target)) if needs_rewrite(loc) else None,
+        "deny": [word(_cidr(c)) for c in s.deny],
+        "allow": [word(_cidr(c)) for c in s.allow],
+        "target": None if up is None else word(location_target(up)),
+        "set_cookie": word(f"$kn_affset_{up.var}") if up is not None and up.affinity_cookie and up.endpoints else None,
+        "canary_cookie": _canary_cookie(up, all_ups),
+    }
+
+
+def _canary_cookie(up: Upstream | None, all_ups: dict[str, Upstream]) -> Nginx | None:
+    if up is None or not up.canary:
+        return None
+    alt = all_ups.get(up.canary)
+    if alt is not None and alt.affinity_cookie and alt.endpoints:
+        return word(f"$kn_affset_{alt.var}")
+    return None
+
+
+def _cidr(c: Any) -> str:
+    from netem.addr import int_to_ip
+
+    return f"{int_to_ip(c.network)}/{c.length}"
