@@ -82,16 +82,11 @@ def _plain_locations(locations: tuple[Location, ...]) -> list[NginxLocation]:
             add("", base + "/" if base != "/" else "/", loc)
             if base not in exact and base != "/":
                 add("=", base, loc)
-    plain = sorted(chosen.values(), key=_render_order)
+    by_loc: dict[int, list[NginxLocation]] = {}
+    for nl in chosen.values():
+        by_loc.setdefault(id(nl.location), []).append(nl)
+    plain = [nl for loc in ordered(locations) for nl in by_loc.pop(id(loc), ())]
     return plain + _shadows(plain)
-
-
-def _render_order(nl: NginxLocation) -> tuple[int, str, str]:
-    return (-len(nl.location.path), _desc(nl.location.path), nl.modifier)
-
-
-def _desc(text: str) -> str:
-    return "".join(chr(0x10FFFF - ord(c)) for c in text)
 
 
 def _shadows(plain: list[NginxLocation]) -> list[NginxLocation]:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from netem import validation as v
-from netem.addr import parse_ip
 from netem.errors import ValidationError
 from netem.objects import RawObject
 
@@ -33,6 +32,7 @@ _BAD_SUFFIXES = ("/..", "/.")
 _STRICT_PATH = re.compile(r"^/[A-Za-z0-9._\-/]*$")
 # validators.go IsValidRegex: what an ImplementationSpecific (possibly regex) path may hold.
 _REGEX_PATH = re.compile(r"^[/\-._~a-zA-Z0-9:^$\[\](){}*+?|&=\\]*$")
+_IP_LIKE = re.compile(r"[0-9]+(\.[0-9]+){3}\Z")  # ParseIPSloppy accepts what this matches
 _REGEX_META = re.compile(r"[\^$\[\](){}*+?|\\]")
 
 
@@ -75,6 +75,7 @@ class Ingress:
     rules: tuple[Rule, ...]
     tls: tuple[TLS, ...]
     settings: Settings
+    order: tuple[str, str] = ("", "")  # sortIngressSlice key, see order_key()
 
     @property
     def key(self) -> str:
@@ -157,20 +158,32 @@ def parse_ingress(raw: RawObject) -> tuple[Ingress | None, list[ValidationError]
         _check_regexes(rules, err)
     if err.items:
         return None, err.items
+    namespace = raw.meta.namespace or "default"
+    created = raw.meta.creation_timestamp or ""
     return (
         Ingress(
-            namespace=raw.meta.namespace or "default",
+            namespace=namespace,
             name=raw.meta.name,
-            created=raw.meta.creation_timestamp or "",
+            created=created,
             class_name=class_name,
             class_annotation=raw.meta.annotations.get("kubernetes.io/ingress.class"),
             default_backend=default,
             rules=rules,
             tls=tls,
             settings=settings,
+            order=order_key(created, f"{namespace}/{raw.meta.name}"),
         ),
         [],
     )
+
+
+_INVERT = {c: 0x10FFFF - c for c in range(128)}
+
+
+def order_key(created: str, key: str) -> tuple[str, str]:
+    """store.go sortIngressSlice: oldest first; on equal creationTimestamps
+    "namespace/name" descending (the second part sorts inverted)."""
+    return (created, key.translate(_INVERT))
 
 
 def _backend(obj: Any, path: str, err: _Errors) -> BackendRef:
@@ -208,11 +221,8 @@ def _backend(obj: Any, path: str, err: _Errors) -> BackendRef:
 def host_problem(host: str) -> str:
     """validateIngressRules / validateIngressTLS: a DNS name, a wildcard only as
     the whole first label, never an IP address (and so never a port)."""
-    try:
-        parse_ip(host)
+    if _IP_LIKE.match(host) or ":" in host:
         return "must be a DNS name, not an IP address"
-    except ValueError:
-        pass
     if "*" in host:
         if not host.startswith("*.") or "*" in host[2:]:
             return "a wildcard '*' must be the whole first label (*.example.com)"

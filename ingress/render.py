@@ -18,8 +18,9 @@ changed upstreams. The same model gives byte-identical output.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import jinja2
 
@@ -27,7 +28,7 @@ from netem.errors import KubenetemError
 
 from . import templates_dir
 from .locations import NginxLocation, nginx_locations
-from .model import DEFAULT_SERVER, IngressModel, Location, Server, Upstream, needs_rewrite
+from .model import DEFAULT_SERVER, IngressModel, Location, Server, Upstream, needs_rewrite, paused_gc
 from .router import HSTS, canary_percent
 
 DEFAULT_CERT = "default-fake-certificate"  # ingress-nginx's name for its generated certificate
@@ -46,9 +47,11 @@ def q(value: object) -> Nginx:
     """A double-quoted nginx string (ngx_conf_read_token: \\\\ and \\" are the
     escapes; a `$` is escaped only where the caller wants no variables)."""
     text = str(value)
-    if any(c in text for c in "\n\r\0"):
+    if "\n" in text or "\r" in text or "\0" in text:
         raise RenderError(f"control character in a value for nginx.conf: {text!r}")
-    return Nginx('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    if "\\" in text or '"' in text:
+        text = text.replace("\\", "\\\\").replace('"', '\\"')
+    return Nginx('"' + text + '"')
 
 
 def literal(value: object) -> Nginx:
@@ -62,7 +65,10 @@ def literal(value: object) -> Nginx:
 
 def comment(value: object) -> Nginx:
     """A `# ...` comment: safe once it can hold no line break."""
-    return Nginx("# " + "".join(c if c.isprintable() else "?" for c in str(value)))
+    text = str(value)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else "?" for c in text)
+    return Nginx("# " + text)
 
 
 def word(value: object) -> Nginx:
@@ -115,15 +121,23 @@ class Renderer:
             finalize=_finalize,
             autoescape=False,
             keep_trailing_newline=True,
+            auto_reload=False,
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self._env.filters.update(q=q, word=word, literal=literal)
+        self._env.filters.update(q=q, word=word, literal=literal, fragment=Nginx)
         self._t_upstream = self._env.get_template("upstream.j2")
-        self._t_server = self._env.get_template("server.j2")
         self._t_conf = self._env.get_template("nginx.conf.j2")
+        server = self._env.get_template("server.j2")
+        macro = self._env.get_template("location.j2").module.location  # type: ignore[attr-defined]
+        self._location = Shaped(macro, _location_shape, _location_values)
+        self._server_text = Shaped(lambda view: server.render(s=view))
 
     def render(self, model: IngressModel, default_cert: tuple[str, str] | None = None) -> Rendered:
+        with paused_gc():
+            return self._render(model, default_cert)
+
+    def _render(self, model: IngressModel, default_cert: tuple[str, str] | None) -> Rendered:
         ups = [self._upstream(u, model.upstreams) for _, u in sorted(model.upstreams.items())]
         servers = [self._server(s, model.upstreams) for s in model.sorted_servers()]
         self._forget(model)
@@ -137,6 +151,7 @@ class Renderer:
             upstreams=ups,
             servers=servers,
             names_hash=_pow2(max(len(model.servers), 512)),
+            body_size=word(model.config.default_body_size),
         )
         files = {f"ssl/{name}.pem": crt + key for name, (crt, key) in sorted(model.certificates.items())}
         if default_cert is not None:
@@ -168,8 +183,8 @@ class Renderer:
         hit = self._srv.get(server.host)
         if hit is not None and hit[0] == key:
             return hit[1]
-        view = _server_view(server, all_ups, self.options)
-        text = Nginx(self._t_server.render(s=view))
+        locations = [self._location(view) for view in _location_views(server, all_ups)]
+        text = self._server_text(_server_view(server, self.options, Nginx("\n".join(locations))))
         self._srv[server.host] = (key, text)
         return text
 
@@ -263,17 +278,110 @@ def _canary_view(up: Upstream, alt: Upstream) -> dict[str, Any]:
     return view
 
 
-def _server_view(server: Server, all_ups: dict[str, Upstream], o: RenderOptions) -> dict[str, Any]:
-    default = server.host == DEFAULT_SERVER
-    return {
-        "host": literal(server.host),
-        "server_name": _server_name(server.host),
-        "listen_http": [Nginx(f"{word(a)}{' default_server' if default else ''}") for a in o.listen_http],
-        "listen_https": [Nginx(f"{word(a)}{' default_server' if default else ''} ssl") for a in o.listen_https],
-        "cert": word(f"ssl/{server.cert or DEFAULT_CERT}.pem"),
-        "app_root": literal(server.app_root) if server.app_root else None,
-        "locations": [_location_view(nl, server, all_ups) for nl in nginx_locations(server)],
-    }
+class ServerView(NamedTuple):
+    host: Nginx
+    server_name: Nginx
+    listen_http: list[Nginx]
+    listen_https: list[Nginx]
+    cert: Nginx
+    app_root: Nginx | None
+    locations: Nginx  # the rendered location blocks
+
+
+def _server_view(server: Server, o: RenderOptions, locations: Nginx) -> ServerView:
+    suffix = " default_server" if server.host == DEFAULT_SERVER else ""
+    return ServerView(
+        host=comment(server.host),
+        server_name=_server_name(server.host),
+        listen_http=[Nginx(f"{word(a)}{suffix}") for a in o.listen_http],
+        listen_https=[Nginx(f"{word(a)}{suffix} ssl") for a in o.listen_https],
+        cert=word(f"ssl/{server.cert or DEFAULT_CERT}.pem"),
+        app_root=literal(server.app_root) if server.app_root else None,
+        locations=locations,
+    )
+
+
+class Shaped:
+    """A template rendered once per *shape* of its view (which fields are set,
+    how long the lists are) with numbered sentinels in place of the values;
+    later views of that shape are filled in with str.format. The layout stays
+    in the template; a hundred thousand locations cost a format call each."""
+
+    def __init__(
+        self,
+        render: Callable[[Any], str],
+        shape: Callable[[Any], tuple[Any, ...]] | None = None,
+        values: Callable[[Any], list[str]] | None = None,
+    ) -> None:
+        self.render = render
+        self.shape = shape or _shape
+        self.values = values or _values
+        self.formats: dict[tuple[Any, ...], str] = {}
+
+    def __call__(self, view: tuple[Any, ...]) -> Nginx:
+        shape = self.shape(view)
+        fmt = self.formats.get(shape)
+        if fmt is None:
+            fmt = self.formats[shape] = self._compile(view)
+        return Nginx(fmt.format(*self.values(view)))
+
+    def _compile(self, view: tuple[Any, ...]) -> str:
+        counter = iter(range(1 << 30))
+
+        def mark(v: Any) -> Any:
+            if isinstance(v, list):
+                return [mark(x) for x in v]
+            if isinstance(v, tuple):
+                return tuple(mark(x) for x in v)
+            if isinstance(v, Nginx) and v:
+                return Nginx(f"\x00{next(counter)}\x00")
+            return v
+
+        marked = type(view)(*(mark(v) for v in view))
+        text = self.render(marked).replace("{", "{{").replace("}", "}}")
+        return re.sub("\x00([0-9]+)\x00", r"{\1}", text)
+
+
+def _shape(view: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(len(v) if isinstance(v, list | tuple) else bool(v) for v in view)
+
+
+def _location_shape(v: LocationView) -> tuple[Any, ...]:
+    return (
+        v.body_size is None,
+        v.ssl_redirect,
+        v.rewrite is None,
+        len(v.deny),
+        len(v.allow),
+        v.target is None,
+        v.set_cookie is None,
+        v.canary_cookie is None,
+    )
+
+
+def _location_values(v: LocationView) -> list[str]:
+    """The sentinel order of Shaped._compile: fields in order, set ones only."""
+    out = [v.name, v.comment]
+    if v.body_size is not None:
+        out.append(v.body_size)
+    if v.rewrite is not None:
+        out += v.rewrite
+    out += v.deny
+    out += v.allow
+    for extra in (v.target, v.set_cookie, v.canary_cookie):
+        if extra is not None:
+            out.append(extra)
+    return out
+
+
+def _values(view: tuple[Any, ...]) -> list[str]:
+    out: list[str] = []
+    for v in view:
+        if isinstance(v, list | tuple):
+            out.extend(x for x in v if isinstance(x, Nginx) and x)
+        elif isinstance(v, Nginx) and v:
+            out.append(v)
+    return out
 
 
 def _server_name(host: str) -> Nginx:
@@ -285,29 +393,59 @@ def _server_name(host: str) -> Nginx:
     return word(host)
 
 
-def _location_view(nl: NginxLocation, server: Server, all_ups: dict[str, Upstream]) -> dict[str, Any]:
-    loc: Location = nl.location
-    s = loc.settings
-    up = all_ups.get(loc.upstream) if loc.upstream else None
-    name = Nginx(f"{nl.modifier} {q(nl.name)}" if nl.modifier else q(nl.name))
-    why = f"{loc.ingress or 'default backend'}: {loc.path_type} {loc.path}"
+class LocationView(NamedTuple):
+    name: Nginx
+    comment: Nginx
+    body_size: Nginx | None
+    ssl_redirect: bool
+    rewrite: tuple[Nginx, Nginx] | None
+    deny: list[Nginx]
+    allow: list[Nginx]
+    target: Nginx | None
+    set_cookie: Nginx | None
+    canary_cookie: Nginx | None
+
+
+def _location_views(server: Server, all_ups: dict[str, Upstream]) -> list[LocationView]:
+    """One view per nginx location; the parts that depend only on the Ingress
+    path are computed once for a path and its exact twin."""
+    common: dict[int, LocationView] = {}
+    views = []
+    for nl in nginx_locations(server):
+        base = common.get(id(nl.location))
+        if base is None:
+            base = common[id(nl.location)] = _location_common(nl.location, server, all_ups)
+        name = Nginx(f"{nl.modifier} {q(nl.name)}" if nl.modifier else q(nl.name))
+        views.append(base._replace(name=name, comment=_why(nl, server)) if nl.shadow else base._replace(name=name))
+    return views
+
+
+def _why(nl: NginxLocation, server: Server) -> Nginx:
+    loc = nl.location
     if loc.fallback:
         why = f"{loc.ingress or 'no Ingress'}: fallback of {server.host}"
+    else:
+        why = f"{loc.ingress}: {loc.path_type} {loc.path}"
     if nl.shadow:
         why += " (keeps the spec: no 301 to the path with '/')"
-    redirect = s.force_ssl_redirect or (s.ssl_redirect and bool(server.cert))
-    return {
-        "name": name,
-        "comment": comment(why),
-        "body_size": word(s.body_size or "1m"),
-        "ssl_redirect": redirect,
-        "rewrite": (q("(?i)" + loc.path), q(s.rewrite_target)) if needs_rewrite(loc) else None,
-        "deny": [word(_cidr(c)) for c in s.deny],
-        "allow": [word(_cidr(c)) for c in s.allow],
-        "target": None if up is None else word(location_target(up)),
-        "set_cookie": word(f"$kn_affset_{up.var}") if up is not None and up.affinity_cookie and up.endpoints else None,
-        "canary_cookie": _canary_cookie(up, all_ups),
-    }
+    return comment(why)
+
+
+def _location_common(loc: Location, server: Server, all_ups: dict[str, Upstream]) -> LocationView:
+    s = loc.settings
+    up = all_ups.get(loc.upstream) if loc.upstream else None
+    return LocationView(
+        name=Nginx(),
+        comment=_why(NginxLocation("", "", loc), server),
+        body_size=word(s.body_size) if s.body_size else None,
+        ssl_redirect=s.force_ssl_redirect or (s.ssl_redirect and bool(server.cert)),
+        rewrite=(q("(?i)" + loc.path), q(s.rewrite_target)) if needs_rewrite(loc) else None,
+        deny=[word(_cidr(c)) for c in s.deny] if s.deny else [],
+        allow=[word(_cidr(c)) for c in s.allow] if s.allow else [],
+        target=None if up is None else word(location_target(up)),
+        set_cookie=word(f"$kn_affset_{up.var}") if up is not None and up.affinity_cookie and up.endpoints else None,
+        canary_cookie=_canary_cookie(up, all_ups),
+    )
 
 
 def _canary_cookie(up: Upstream | None, all_ups: dict[str, Upstream]) -> Nginx | None:
