@@ -361,7 +361,7 @@ def _location_shape(v: LocationView) -> tuple[Any, ...]:
 
 def _location_values(v: LocationView) -> list[str]:
     """The sentinel order of Shaped._compile: fields in order, set ones only."""
-    out = [v.name, v.comment]
+    out: list[str] = [v.name, v.comment]
     if v.body_size is not None:
         out.append(v.body_size)
     if v.rewrite is not None:
