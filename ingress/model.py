@@ -44,6 +44,7 @@ from proxy_modes.view import EndpointInfo, ProxyState, ServicePortName, build_st
 
 from .annotations import Canary, Settings
 from .objects import (
+    EXACT,
     PREFIX,
     BackendRef,
     Ingress,
@@ -412,10 +413,9 @@ class IngressModel:
                 loc = Location(
                     path, ptype, ing.key, name, ing.settings, service=f"{ing.namespace}/{ref.service}", port=ref.port
                 )
-                if path == "/" and ptype == PREFIX:
-                    locations[0] = loc  # an Ingress's own `/` replaces the fallback
-                else:
-                    locations.append(loc)
+                locations.append(loc)
+        if any(loc.path == "/" and loc.path_type != EXACT for loc in locations[1:]):
+            del locations[0]  # an Ingress's own `location /` replaces the fallback
         server = Server(host, tuple(locations), self._certificate(host, ings), _app_root(locations))
         if server.regex:
             server = self._drop_bad_regexes(server)

@@ -33,6 +33,7 @@ _STRICT_PATH = re.compile(r"^/[A-Za-z0-9._\-/]*$")
 # validators.go IsValidRegex: what an ImplementationSpecific (possibly regex) path may hold.
 _REGEX_PATH = re.compile(r"^[/\-._~a-zA-Z0-9:^$\[\](){}*+?|&=\\]*$")
 _IP_LIKE = re.compile(r"[0-9]+(\.[0-9]+){3}\Z")  # ParseIPSloppy accepts what this matches
+_IPV6_LIKE = re.compile(r"[0-9A-Fa-f:.]+\Z")
 _REGEX_META = re.compile(r"[\^$\[\](){}*+?|\\]")
 
 
@@ -221,7 +222,7 @@ def _backend(obj: Any, path: str, err: _Errors) -> BackendRef:
 def host_problem(host: str) -> str:
     """validateIngressRules / validateIngressTLS: a DNS name, a wildcard only as
     the whole first label, never an IP address (and so never a port)."""
-    if _IP_LIKE.match(host) or ":" in host:
+    if _IP_LIKE.match(host) or (":" in host and _IPV6_LIKE.match(host)):
         return "must be a DNS name, not an IP address"
     if "*" in host:
         if not host.startswith("*.") or "*" in host[2:]:

@@ -32,7 +32,7 @@ from .model import DEFAULT_SERVER, IngressModel, Location, Server, Upstream, nee
 from .router import HSTS, canary_percent
 
 DEFAULT_CERT = "default-fake-certificate"  # ingress-nginx's name for its generated certificate
-_WORD = re.compile(r"[A-Za-z0-9._:/\-\[\]]+\Z")
+_WORD = re.compile(r"(?:\$[A-Za-z0-9_]+|[A-Za-z0-9._:/\-\[\]]+)\Z")  # a token, or one variable
 
 
 class RenderError(KubenetemError):
@@ -259,17 +259,17 @@ def _canary_view(up: Upstream, alt: Upstream) -> dict[str, Any]:
             "source": word("$http_" + p.header.lower().replace("-", "_")),
             "values": [(q(f"~^{regex_literal(val)}$"), word(r)) for val, r in values],
         }
-        parts.append(f"$kn_cnh_{v}")
+        parts.append(f"${{kn_cnh_{v}}}")
     if p.cookie:
         view["cookie"] = {
             "source": word(f"$cookie_{p.cookie}"),
             "values": [(q("~^always$"), word("y")), (q("~^never$"), word("n"))],
         }
-        parts.append(f"$kn_cnc_{v}")
+        parts.append(f"${{kn_cnc_{v}}}")
     percent = canary_percent(p.weight, p.weight_total)
     if 0 < percent < 100:
         view["split"] = word(f"{percent:g}%")
-        parts.append(f"$kn_cnw_{v}")
+        parts.append(f"${{kn_cnw_{v}}}")
     else:
         parts.append("y" if percent >= 100 else "n")
     view["key"] = q("".join(parts))
@@ -296,7 +296,7 @@ def _server_view(server: Server, o: RenderOptions, locations: Nginx) -> ServerVi
         listen_http=[Nginx(f"{word(a)}{suffix}") for a in o.listen_http],
         listen_https=[Nginx(f"{word(a)}{suffix} ssl") for a in o.listen_https],
         cert=word(f"ssl/{server.cert or DEFAULT_CERT}.pem"),
-        app_root=literal(server.app_root) if server.app_root else None,
+        app_root=q("$scheme://$best_http_host" + server.app_root) if server.app_root else None,  # app_root has no "$"
         locations=locations,
     )
 

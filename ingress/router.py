@@ -417,9 +417,10 @@ class Router:
             for ep in up.endpoints:
                 if ep.cookie == have:
                     return ep, None
-        if up.hash_by:
-            endpoint = self._chash(up, self._expand(up.hash_by, req, uri))
-        else:
+        key = self._expand(up.hash_by, req, uri) if up.hash_by else ""
+        if key:
+            endpoint = self._chash(up, key)
+        else:  # no hash, or an empty key: round robin (ngx_http_upstream_get_chash_peer)
             i = self._rr.get(up.name, 0)
             self._rr[up.name] = i + 1
             endpoint = up.endpoints[i % len(up.endpoints)]
