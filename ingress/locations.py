@@ -54,13 +54,15 @@ def ordered(locations: Iterable[Location]) -> list[Location]:
     return sorted(by_path, key=lambda loc: -len(loc.path))
 
 
-def nginx_locations(server: Server) -> list[NginxLocation]:
+def nginx_locations(server: Server, keep_spec: bool = True) -> list[NginxLocation]:
+    """keep_spec=False renders exactly what ingress-nginx renders (Prefix
+    `/foo/` as `/foo/` + `= /foo/`, no shadows), to show where it differs."""
     if server.regex:
         return _regex_locations(server.locations)
-    return _plain_locations(server.locations)
+    return _plain_locations(server.locations, keep_spec)
 
 
-def _plain_locations(locations: tuple[Location, ...]) -> list[NginxLocation]:
+def _plain_locations(locations: tuple[Location, ...], keep_spec: bool) -> list[NginxLocation]:
     exact = {loc.path for loc in locations if loc.path_type == EXACT}
     chosen: dict[tuple[str, str], NginxLocation] = {}
 
@@ -80,13 +82,14 @@ def _plain_locations(locations: tuple[Location, ...]) -> list[NginxLocation]:
         else:
             base = loc.path.rstrip("/") or "/"
             add("", base + "/" if base != "/" else "/", loc)
-            if base not in exact and base != "/":
-                add("=", base, loc)
+            twin = base if keep_spec else loc.path  # location.go: the exact twin keeps the path as written
+            if twin not in exact and base != "/":
+                add("=", twin, loc)
     by_loc: dict[int, list[NginxLocation]] = {}
     for nl in chosen.values():
         by_loc.setdefault(id(nl.location), []).append(nl)
     plain = [nl for loc in ordered(locations) for nl in by_loc.pop(id(loc), ())]
-    return plain + _shadows(plain)
+    return plain + _shadows(plain) if keep_spec else plain
 
 
 def _shadows(plain: list[NginxLocation]) -> list[NginxLocation]:

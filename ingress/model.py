@@ -66,6 +66,9 @@ class ControllerConfig:
     ingress_class: str = "nginx"  # the value the deprecated kubernetes.io/ingress.class annotation must have
     watch_without_class: bool = False
     default_body_size: str = "1m"  # ConfigMap proxy-body-size
+    # Keep the Ingress spec where ingress-nginx's output breaks it (locations.py);
+    # False renders ingress-nginx's locations as they are.
+    keep_spec: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,13 +268,16 @@ class IngressModel:
         self._collect_warnings()
         return touched
 
-    def set_state(self, state: ProxyState) -> set[str]:
-        """New endpoints: rebuild only the upstreams whose service entry changed."""
+    def set_state(self, state: ProxyState, services: dict[tuple[str, str], Service] | None = None) -> set[str]:
+        """New endpoints: rebuild only the upstreams whose service entry changed
+        (entries compare by value, so two loads of the same files are equal)."""
         old, self._state = self._state, state
+        if services is not None:
+            self._services = dict(services)
         changed = {
             key
             for key in set(state.entries) | set(old.entries if old else {})
-            if old is None or old.entries.get(key) is not state.entries.get(key)
+            if old is None or old.entries.get(key) != state.entries.get(key)
         }
         names = {n for n, u in self.upstreams.items() if tuple(u.service.split("/", 1)) in changed}
         for name in names:

@@ -112,6 +112,7 @@ class Renderer:
     options: RenderOptions = field(default_factory=RenderOptions)
     _ups: dict[str, tuple[object, Nginx]] = field(default_factory=dict)
     _srv: dict[str, tuple[object, Nginx]] = field(default_factory=dict)
+    _keep_spec: bool = True
     _env: jinja2.Environment = field(init=False)
 
     def __post_init__(self) -> None:
@@ -138,6 +139,9 @@ class Renderer:
             return self._render(model, default_cert)
 
     def _render(self, model: IngressModel, default_cert: tuple[str, str] | None) -> Rendered:
+        if model.config.keep_spec != self._keep_spec:
+            self._keep_spec = model.config.keep_spec
+            self._srv.clear()
         ups = [self._upstream(u, model.upstreams) for _, u in sorted(model.upstreams.items())]
         servers = [self._server(s, model.upstreams) for s in model.sorted_servers()]
         self._forget(model)
@@ -183,7 +187,7 @@ class Renderer:
         hit = self._srv.get(server.host)
         if hit is not None and hit[0] == key:
             return hit[1]
-        locations = [self._location(view) for view in _location_views(server, all_ups)]
+        locations = [self._location(view) for view in _location_views(server, all_ups, self._keep_spec)]
         text = self._server_text(_server_view(server, self.options, Nginx("\n".join(locations))))
         self._srv[server.host] = (key, text)
         return text
@@ -406,12 +410,12 @@ class LocationView(NamedTuple):
     canary_cookie: Nginx | None
 
 
-def _location_views(server: Server, all_ups: dict[str, Upstream]) -> list[LocationView]:
+def _location_views(server: Server, all_ups: dict[str, Upstream], keep_spec: bool) -> list[LocationView]:
     """One view per nginx location; the parts that depend only on the Ingress
     path are computed once for a path and its exact twin."""
     common: dict[int, LocationView] = {}
     views = []
-    for nl in nginx_locations(server):
+    for nl in nginx_locations(server, keep_spec):
         base = common.get(id(nl.location))
         if base is None:
             base = common[id(nl.location)] = _location_common(nl.location, server, all_ups)

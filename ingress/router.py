@@ -179,8 +179,8 @@ class _ServerIndex:
     cert: bool
 
     @classmethod
-    def build(cls, server: Server) -> _ServerIndex:
-        nls = nginx_locations(server)
+    def build(cls, server: Server, keep_spec: bool = True) -> _ServerIndex:
+        nls = nginx_locations(server, keep_spec)
         exact = {nl.name: nl for nl in nls if nl.modifier == "="}
         prefix = {nl.name: nl for nl in nls if nl.modifier == ""}
         regexes = tuple((re.compile(nl.name, re.IGNORECASE), nl) for nl in nls if nl.modifier == "~*")
@@ -224,11 +224,12 @@ class Router:
         self.upstreams: dict[str, Upstream] = dict(model.upstreams)
         self.exact: dict[str, _ServerIndex] = {}
         self.wildcard: dict[str, _ServerIndex] = {}
-        self.default = _ServerIndex.build(model.servers[DEFAULT_SERVER])
+        keep = model.config.keep_spec
+        self.default = _ServerIndex.build(model.servers[DEFAULT_SERVER], keep)
         for host, server in model.servers.items():
             if host == DEFAULT_SERVER:
                 continue
-            index = _ServerIndex.build(server)
+            index = _ServerIndex.build(server, keep)
             if host.startswith("*."):
                 self.wildcard[host[2:]] = index
             else:

@@ -57,6 +57,16 @@ class _Echo(BaseHTTPRequestHandler):
         pass
 
 
+def start_echo(endpoint: str) -> ThreadingHTTPServer:
+    """An echo backend standing in for the pod endpoint `endpoint`; stop it with
+    shutdown() and server_close()."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    server.daemon_threads = True
+    server.endpoint = endpoint  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -107,10 +117,7 @@ class NginxHarness:
         self.router = Router(self.model)
 
     def _echo(self, endpoint: str) -> str:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
-        server.daemon_threads = True
-        server.endpoint = endpoint  # type: ignore[attr-defined]
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        server = start_echo(endpoint)
         self.echoes.append(server)
         return f"127.0.0.1:{server.server_address[1]}"
 

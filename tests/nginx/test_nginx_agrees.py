@@ -68,7 +68,7 @@ def _docs() -> list[dict[str, Any]]:
         ingress("sec", [("secure.test", [("/", "Prefix", "sec", 80)])], tls=[(["secure.test"], "secure-tls")]),
         ingress("nossl", [("nossl.test", [("/", "Prefix", "plain", 80)])], tls=[(["nossl.test"], "secure-tls")],
                 annotations={A + "ssl-redirect": "false"}),
-        ingress("force", [("force.test", [("/", "Prefix", "plain", 80)])], annotations={A + "force-ssl-redirect": "true"}),
+        ingress("force", [("force.test", [("/", "Prefix", "plain", 80)])], annotations={A + "force-ssl-redirect": "true"}),  # noqa: E501
         ingress("dflt", [("dflt.test", [("/x", "Prefix", "plain", 80)])], default_backend=("dflt", 80),
                 created="2025-06-01T00:00:00Z"),
         ingress("rw", [("rw.test", [("/api(/|$)(.*)", "ImplementationSpecific", "rw", 80)])],
@@ -77,7 +77,7 @@ def _docs() -> list[dict[str, Any]]:
         ingress("app", [("app.test", [("/app1", "Prefix", "app", 80)])], annotations={A + "app-root": "/app1"}),
         ingress("sticky", [("sticky.test", [("/", "Prefix", "sticky", 80)])],
                 annotations={A + "affinity": "cookie", A + "session-cookie-name": "route"}),
-        ingress("hash", [("hash.test", [("/", "Prefix", "hash", 80)])], annotations={A + "upstream-hash-by": "$http_x_user"}),
+        ingress("hash", [("hash.test", [("/", "Prefix", "hash", 80)])], annotations={A + "upstream-hash-by": "$http_x_user"}),  # noqa: E501
         ingress("ewma", [("ewma.test", [("/", "Prefix", "ewma", 80)])], annotations={A + "load-balance": "ewma"}),
         ingress("rr", [("rr.test", [("/", "Prefix", "rr", 80)])]),
         ingress("cmain", [("canary.test", [("/", "Prefix", "cmain", 80)])]),
@@ -85,7 +85,7 @@ def _docs() -> list[dict[str, Any]]:
                 annotations={A + "canary": "true", A + "canary-by-header": "X-Canary", A + "canary-by-cookie": "beta"}),
         ingress("vmain", [("canaryv.test", [("/", "Prefix", "vmain", 80)])]),
         ingress("vcan", [("canaryv.test", [("/", "Prefix", "vcan", 80)])],
-                annotations={A + "canary": "true", A + "canary-by-header": "X-Env", A + "canary-by-header-value": "beta",
+                annotations={A + "canary": "true", A + "canary-by-header": "X-Env", A + "canary-by-header-value": "beta",  # noqa: E501
                              A + "canary-weight": "100"}),
         ingress("body", [("body.test", [("/", "Prefix", "body", 80)])], annotations={A + "proxy-body-size": "1k"}),
         ingress("allow", [("allow.test", [("/", "Prefix", "allow", 80)])],
@@ -211,9 +211,31 @@ def test_generated_requests(harness: NginxHarness) -> None:
         "nowhere.test",
     ]
     segments = ["foo", "aaa", "bbb", "bb", "a", "b", "x", "y", "z", "api", "static", "FOO", ".", "..", "", "%61"]
-    for i in range(2000):
+    for _ in range(2000):
         parts = [rng.choice(segments) for _ in range(rng.randint(0, 4))]
         path = "/" + "/".join(parts) + ("/" if rng.random() < 0.3 else "")
         if path.startswith("/..") or "/../.." in path:
             path = "/x" + path
         check(harness, f"http://{rng.choice(hosts)}{path}")
+
+
+def test_ingress_nginx_locations_break_the_spec_and_the_router_knows(harness: NginxHarness) -> None:
+    """keep_spec=False renders ingress-nginx's own locations: nginx then
+    answers /foo with a 301 to /foo/ where the spec says "no match" (Exact
+    /foo/) or "match" (Prefix /foo/); the router predicts those 301s too."""
+    from ingress.model import ControllerConfig, IngressModel
+
+    docs = _docs()
+    model = IngressModel.from_cluster(
+        cluster(docs), ControllerConfig(keep_spec=False), address_of=harness.model.address_of
+    )
+    harness.reload(model)
+    try:
+        for n in (2, 4, 7, 12, 13):
+            for path in ("/foo", "/a/b", "/aaa/bbb", "/x/y", "/foo?q=1"):
+                check(harness, f"http://t{n}.spec.test{path}")
+        d, _ = check(harness, "http://t2.spec.test/foo?q=1")
+        assert (d.status, d.redirect) == (301, f"http://t2.spec.test:{harness.http_port}/foo/?q=1")
+        assert check(harness, "https://t4.spec.test/foo")[0].status == 301
+    finally:
+        harness.reload(IngressModel.from_cluster(cluster(docs), address_of=harness.model.address_of))
