@@ -173,6 +173,10 @@ class IngressModel:
     _hosts: dict[str, set[str]] = field(default_factory=dict)  # host -> Ingress keys
     _refs: dict[str, set[str]] = field(default_factory=dict)  # upstream -> Ingress keys
     _host_warnings: dict[str, list[str]] = field(default_factory=dict)
+    # What was rebuilt, for incremental renderers: ("server", host) and
+    # ("upstream", name) entries; a new epoch means "everything".
+    epoch: int = 0
+    log: list[tuple[str, str]] = field(default_factory=list)
 
     # -- loading ---------------------------------------------------------------
 
@@ -266,6 +270,8 @@ class IngressModel:
         for host in touched:
             self._build_server(host)
         self._collect_warnings()
+        if len(self.log) > 100_000:
+            self.epoch, self.log = self.epoch + 1, []
         return touched
 
     def set_state(self, state: ProxyState, services: dict[tuple[str, str], Service] | None = None) -> set[str]:
@@ -287,6 +293,8 @@ class IngressModel:
     # -- building ------------------------------------------------------------------
 
     def _rebuild_all(self) -> None:
+        self.epoch += 1
+        self.log = []
         self._hosts, self._refs, self.servers, self.upstreams = {}, {}, {}, {}
         for ing in self.ingresses.values():
             self._index(ing)
@@ -317,6 +325,7 @@ class IngressModel:
         return sorted((self.ingresses[k] for k in keys if k in self.ingresses), key=order_key)
 
     def _build_upstream(self, name: str, keep_canary: bool = False) -> None:
+        self.log.append(("upstream", name))
         users = self._ordered(self._refs.get(name, ()))
         if not users:
             self.upstreams.pop(name, None)
@@ -369,6 +378,7 @@ class IngressModel:
         for name, up in self.upstreams.items():
             if up.canary:
                 self.upstreams[name] = replace(up, canary="", canary_policy=None)
+                self.log.append(("upstream", name))
         canaries = self._ordered(k for k, i in self.ingresses.items() if i.settings.canary is not None)
         for ing in canaries:
             for host, path, ptype, ref in _canary_targets(ing):
@@ -393,9 +403,11 @@ class IngressModel:
                 up = self.upstreams[name]
                 if not up.canary and alt in self.upstreams:
                     self.upstreams[name] = replace(up, canary=alt, canary_policy=ing.settings.canary)
+                    self.log.append(("upstream", name))
                 return
 
     def _build_server(self, host: str) -> None:
+        self.log.append(("server", host))
         ings = [i for i in self._ordered(self._hosts.get(host, ())) if i.settings.canary is None]
         self._host_warnings.pop(host, None)
         if not ings and host != DEFAULT_SERVER:

@@ -112,6 +112,12 @@ class Renderer:
     options: RenderOptions = field(default_factory=RenderOptions)
     _ups: dict[str, tuple[object, Nginx]] = field(default_factory=dict)
     _srv: dict[str, tuple[object, Nginx]] = field(default_factory=dict)
+    _ups_key: dict[str, tuple[object, str | None]] = field(default_factory=dict)
+    _targets: dict[str, str] = field(default_factory=dict)
+    _order: dict[str, list[str]] = field(default_factory=dict)
+    _seen_model: tuple[int, int, bool] = (0, 0, True)
+    _seen_log: int = 0
+    _frame_cache: tuple[object, tuple[str, str, str]] | None = None
     _keep_spec: bool = True
     _env: jinja2.Environment = field(init=False)
 
@@ -139,58 +145,101 @@ class Renderer:
             return self._render(model, default_cert)
 
     def _render(self, model: IngressModel, default_cert: tuple[str, str] | None) -> Rendered:
-        if model.config.keep_spec != self._keep_spec:
+        ups = model.upstreams
+        full = (id(model), model.epoch, model.config.keep_spec) != self._seen_model
+        if full:
+            self._seen_model = (id(model), model.epoch, model.config.keep_spec)
             self._keep_spec = model.config.keep_spec
-            self._srv.clear()
-        ups = [self._upstream(u, model.upstreams) for _, u in sorted(model.upstreams.items())]
-        servers = [self._server(s, model.upstreams) for s in model.sorted_servers()]
-        self._forget(model)
-        o = self.options
-        text = self._t_conf.render(
-            workers=word(o.workers),
-            pid=literal(o.pid),
-            error_log=literal(o.error_log),
-            access_log=literal(o.access_log) if o.access_log != "off" else Nginx("off"),
-            hsts=literal(HSTS),
-            upstreams=ups,
-            servers=servers,
-            names_hash=_pow2(max(len(model.servers), 512)),
-            body_size=word(model.config.default_body_size),
-        )
+            self._ups, self._ups_key, self._srv, self._targets, self._order = {}, {}, {}, {}, {}
+            dirty_ups, dirty_hosts = set(ups), set(model.servers)
+        else:
+            news = model.log[self._seen_log :]
+            dirty_ups = {name for kind, name in news if kind == "upstream"}
+            dirty_hosts = {name for kind, name in news if kind == "server"}
+        self._seen_log = len(model.log)
+        moved = set()
+        for name in dirty_ups:
+            t = location_target(ups[name]) if name in ups else None
+            if self._targets.get(name) != t:
+                moved.add(name)
+                self._targets[name] = t  # type: ignore[assignment]
+        if moved and not full:
+            # proxy_pass targets and canary maps that name a changed upstream
+            dirty_hosts |= {
+                h for h, srv in model.servers.items() if any(loc.upstream in moved for loc in srv.locations)
+            }
+            dirty_ups |= {n for n, u in ups.items() if u.canary in moved}
+        for name in dirty_ups:
+            if name in ups:
+                self._upstream(ups[name], ups)
+            else:
+                self._forget(self._ups, name)
+        for host in dirty_hosts:
+            if host in model.servers:
+                if host not in self._srv:
+                    self._order.pop("srv", None)
+                self._srv[host] = (model.servers[host], Nginx("\n" + self._server(model.servers[host], ups)))
+            else:
+                self._forget(self._srv, host)
+        head, middle, tail = self._frame(model)
+        pieces = [head]
+        pieces += [self._ups[n][1] for n in self._sorted("ups", self._ups)]
+        pieces.append(middle)
+        pieces += [self._srv[h][1] for h in self._sorted("srv", self._srv)]
+        pieces.append(tail)
         files = {f"ssl/{name}.pem": crt + key for name, (crt, key) in sorted(model.certificates.items())}
         if default_cert is not None:
             files[f"ssl/{DEFAULT_CERT}.pem"] = default_cert[0] + default_cert[1]
-        return Rendered(text, files)
+        return Rendered("".join(pieces), files)
 
-    def _forget(self, model: IngressModel) -> None:
-        for cache, live in ((self._ups, model.upstreams), (self._srv, model.servers)):
-            for name in [n for n in cache if n not in live]:
-                del cache[name]
+    def _forget(self, cache: dict[str, tuple[object, Nginx]], name: str) -> None:
+        if cache.pop(name, None) is not None:
+            self._order.pop("ups" if cache is self._ups else "srv", None)
+
+    def _sorted(self, which: str, cache: dict[str, tuple[object, Nginx]]) -> list[str]:
+        order = self._order.get(which)
+        if order is None or len(order) != len(cache):
+            order = self._order[which] = sorted(cache)
+        return order
+
+    def _frame(self, model: IngressModel) -> tuple[str, str, str]:
+        """nginx.conf.j2 around the upstreams and servers, rendered once per setting."""
+        o = self.options
+        key = (o, _pow2(max(len(model.servers), 512)), model.config.default_body_size)
+        if self._frame_cache is None or self._frame_cache[0] != key:
+            text = self._t_conf.render(
+                workers=word(o.workers),
+                pid=literal(o.pid),
+                error_log=literal(o.error_log),
+                access_log=literal(o.access_log) if o.access_log != "off" else Nginx("off"),
+                hsts=literal(HSTS),
+                upstreams=Nginx("\x00"),
+                servers=Nginx("\x00"),
+                names_hash=key[1],
+                body_size=word(key[2]),
+            )
+            head, middle, tail = text.split("\x00")
+            self._frame_cache = (key, (head, middle, tail))
+        return self._frame_cache[1]
 
     # -- upstreams -------------------------------------------------------------
 
-    def _upstream(self, up: Upstream, all_ups: dict[str, Upstream]) -> Nginx:
+    def _upstream(self, up: Upstream, all_ups: dict[str, Upstream]) -> None:
         alt = all_ups.get(up.canary) if up.canary else None
-        key = (up, target(alt) if alt else None)
-        hit = self._ups.get(up.name)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        text = Nginx(self._t_upstream.render(u=_upstream_view(up, alt)))
-        self._ups[up.name] = (key, text)
-        return text
+        alt_target = target(alt) if alt else None
+        hit = self._ups_key.get(up.name)
+        if hit is not None and hit[0] is up and hit[1] == alt_target:
+            return
+        if up.name not in self._ups:
+            self._order.pop("ups", None)
+        self._ups[up.name] = (up, Nginx("\n" + self._t_upstream.render(u=_upstream_view(up, alt))))
+        self._ups_key[up.name] = (up, alt_target)
 
     # -- servers -----------------------------------------------------------------
 
     def _server(self, server: Server, all_ups: dict[str, Upstream]) -> Nginx:
-        names = {loc.upstream for loc in server.locations if loc.upstream}
-        key = (server, tuple(sorted((n, location_target(all_ups.get(n))) for n in names)))
-        hit = self._srv.get(server.host)
-        if hit is not None and hit[0] == key:
-            return hit[1]
         locations = [self._location(view) for view in _location_views(server, all_ups, self._keep_spec)]
-        text = self._server_text(_server_view(server, self.options, Nginx("\n".join(locations))))
-        self._srv[server.host] = (key, text)
-        return text
+        return self._server_text(_server_view(server, self.options, Nginx("\n".join(locations))))
 
 
 def _pow2(n: int) -> int:

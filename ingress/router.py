@@ -32,7 +32,7 @@ from __future__ import annotations
 import bisect
 import re
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
@@ -168,31 +168,48 @@ def _simple(path: str) -> bool:
     return "%" not in path and "//" not in path and "/." not in path
 
 
+class _Plan(NamedTuple):
+    """What one nginx location does, precomputed for the hot path."""
+
+    nl: NginxLocation
+    ingress: str | None
+    limit: int  # client_max_body_size in bytes, 0 = unlimited
+    redirect: bool  # the 308 to https applies
+    rewrite: bool
+    access: bool  # deny/allow rules
+    upstream: Upstream | None
+    service: str | None
+    port: int | str | None
+    counter: list[int]  # the upstream's round-robin position (shared by its locations)
+    simple: bool  # plain round robin over endpoints: no canary, affinity or hash
+
+
 @dataclass(slots=True)
 class _ServerIndex:
     server: Server
-    exact: dict[str, NginxLocation]
-    prefix: dict[str, NginxLocation]
+    exact: dict[str, _Plan]
+    prefix: dict[str, _Plan]
     lengths: tuple[int, ...]
-    regexes: tuple[tuple[re.Pattern[str], NginxLocation], ...]
+    regexes: tuple[tuple[re.Pattern[str], _Plan], ...]
     auto_redirect: frozenset[str]
-    cert: bool
 
     @classmethod
-    def build(cls, server: Server, keep_spec: bool = True) -> _ServerIndex:
+    def build(
+        cls, server: Server, plan: Callable[[NginxLocation, Server], _Plan], keep_spec: bool = True
+    ) -> _ServerIndex:
         nls = nginx_locations(server, keep_spec)
-        exact = {nl.name: nl for nl in nls if nl.modifier == "="}
-        prefix = {nl.name: nl for nl in nls if nl.modifier == ""}
-        regexes = tuple((re.compile(nl.name, re.IGNORECASE), nl) for nl in nls if nl.modifier == "~*")
+        exact = {nl.name: plan(nl, server) for nl in nls if nl.modifier == "="}
+        prefix = {nl.name: plan(nl, server) for nl in nls if nl.modifier == ""}
+        regexes = tuple((re.compile(nl.name, re.IGNORECASE), plan(nl, server)) for nl in nls if nl.modifier == "~*")
         # proxy_pass sets auto_redirect on a location whose name ends in "/";
-        # every location we render proxies (or returns 404 without a backend).
+        # every location we render proxies, except those without a backend.
         auto = frozenset(
             nl.name for nl in nls if nl.modifier != "~*" and nl.name.endswith("/") and nl.location.upstream
         )
         lengths = tuple(sorted({len(p) for p in prefix}, reverse=True))
-        return cls(server, exact, prefix, lengths, regexes, auto, bool(server.cert))
+        return cls(server, exact, prefix, lengths, regexes, auto)
 
-    def find(self, uri: str) -> tuple[NginxLocation | None, bool]:
+    def find(self, uri: str) -> tuple[_Plan | None, bool]:
         """(location, auto-redirect 301?) as ngx_http_core_find_location."""
         hit = self.exact.get(uri)
         if hit is not None:
@@ -206,9 +223,9 @@ class _ServerIndex:
                     break
         if self.auto_redirect and uri + "/" in self.auto_redirect and uri not in self.prefix:
             return None, True
-        for rx, nl in self.regexes:
+        for rx, plan in self.regexes:
             if rx.match(uri):
-                return nl, False
+                return plan, False
         return best, False
 
 
@@ -225,51 +242,81 @@ class Router:
         self.exact: dict[str, _ServerIndex] = {}
         self.wildcard: dict[str, _ServerIndex] = {}
         keep = model.config.keep_spec
-        self.default = _ServerIndex.build(model.servers[DEFAULT_SERVER], keep)
+        self._limit = size_bytes(model.config.default_body_size)
+        self._counters: dict[str, list[int]] = {name: [0] for name in self.upstreams}
+        self.default = _ServerIndex.build(model.servers[DEFAULT_SERVER], self._plan, keep)
         for host, server in model.servers.items():
             if host == DEFAULT_SERVER:
                 continue
-            index = _ServerIndex.build(server, keep)
+            index = _ServerIndex.build(server, self._plan, keep)
             if host.startswith("*."):
                 self.wildcard[host[2:]] = index
             else:
                 self.exact[host] = index
-        self._rr: dict[str, int] = {}
         self._rings: dict[str, tuple[list[int], list[Endpoint]]] = {}
-        self._limit = size_bytes(model.config.default_body_size)
+
+    def _plan(self, nl: NginxLocation, server: Server) -> _Plan:
+        loc = nl.location
+        s = loc.settings
+        up = self.upstreams.get(loc.upstream) if loc.upstream else None
+        service, port = (loc.service, loc.port) if loc.service else ((up.service, up.port) if up else (None, None))
+        simple = up is not None and bool(up.endpoints) and not (up.canary or up.affinity_cookie or up.hash_by)
+        return _Plan(
+            nl,
+            loc.ingress,
+            size_bytes(s.body_size) if s.body_size else self._limit,
+            s.force_ssl_redirect or (s.ssl_redirect and bool(server.cert)),
+            needs_rewrite(loc),
+            bool(s.deny or s.allow),
+            up,
+            service,
+            port,
+            self._counters[up.name] if up is not None else [0],
+            simple,
+        )
 
     # -- the decision ----------------------------------------------------------
 
     def route(self, req: Request) -> Decision:
         host = req.host
-        if ":" in host:
-            host = host.split(":", 1)[0]
-        host = host.lower()
-        if host.endswith("."):
-            host = host[:-1]
         index = self.exact.get(host)
         if index is None:
-            index = self._wildcard(host)
+            if ":" in host:
+                host = host.split(":", 1)[0]
+            host = host.lower()
+            if host.endswith("."):
+                host = host[:-1]
+            index = self.exact.get(host) or self._wildcard(host)
         server = index.server
         path, _, args = req.target.partition("?")
-        if _simple(path):
-            uri = path
-        else:
+        if "%" in path or "//" in path or "/." in path:
             try:
                 uri = normalize_uri(path)
             except BadRequest:
                 return Decision(400, server.host)
+        else:
+            uri = path
         https = req.scheme == "https"
         if server.app_root and uri == "/":
-            return Decision(
-                302, server.host, redirect=f"{req.scheme}://{req.host or host}{server.app_root}", hsts=https
-            )
-        nl, moved = index.find(uri)
+            # a server-level `return`: no location, so no location's add_header (HSTS)
+            return Decision(302, server.host, redirect=f"{req.scheme}://{req.host or host}{server.app_root}")
+        plan, moved = index.find(uri)
         if moved:
             return Decision(301, server.host, redirect=self._moved(req, host, uri, args), hsts=https)
-        if nl is None:
-            return Decision(404, server.host, hsts=https)
-        return self._location(req, index, nl, uri, args, https)
+        if plan is None:
+            return Decision(404, server.host)
+        if plan.simple and not plan.redirect and not plan.rewrite and not plan.access and not req.content_length:
+            up = plan.upstream
+            assert up is not None
+            counter = plan.counter
+            i = counter[0]
+            counter[0] = i + 1
+            endpoint = up.endpoints[i % len(up.endpoints)]
+            return Decision(
+                200, server.host, plan.nl, plan.ingress, plan.service, plan.port, endpoint, None, up.name,
+                req.target, None, False, https,
+            )  # fmt: skip
+        return self._location(req, server.host, plan, uri, args, https)
 
     def _wildcard(self, host: str) -> _ServerIndex:
         dot = host.find(".")
@@ -279,45 +326,30 @@ class Router:
                 return index
         return self.default
 
-    def _location(
-        self, req: Request, index: _ServerIndex, nl: NginxLocation, uri: str, args: str, https: bool
-    ) -> Decision:
+    def _location(self, req: Request, srv: str, plan: _Plan, uri: str, args: str, https: bool) -> Decision:
+        nl = plan.nl
         loc = nl.location
-        s = loc.settings
-        srv = index.server.host
-        limit = size_bytes(s.body_size) if s.body_size else self._limit
-        if limit and req.content_length > limit:
+        if plan.limit and req.content_length > plan.limit:
             return Decision(413, srv, nl, loc.ingress, hsts=https)
-        if not https and (s.force_ssl_redirect or (s.ssl_redirect and index.cert)):
-            return Decision(308, srv, nl, loc.ingress, redirect=f"https://{req.host or index.server.host}{req.target}")
+        if plan.redirect and not https:
+            return Decision(308, srv, nl, loc.ingress, redirect=f"https://{req.host or srv}{req.target}")
         upstream_uri = req.target
-        if needs_rewrite(loc):
-            upstream_uri = self._rewrite(loc.path, s.rewrite_target, uri, args, req)
-        if (s.deny or s.allow) and not _allowed(req.client, s.deny, s.allow):
+        if plan.rewrite:
+            upstream_uri = self._rewrite(loc.path, loc.settings.rewrite_target, uri, args, req)
+        if plan.access and not _allowed(req.client, loc.settings.deny, loc.settings.allow):
             return Decision(403, srv, nl, loc.ingress, hsts=https)
-        if loc.upstream is None:
+        up = plan.upstream
+        if up is None:
             return Decision(404, srv, nl, loc.ingress, hsts=https)
-        up = self.upstreams[loc.upstream]
         canary = False
+        service, port = plan.service, plan.port
         if up.canary and up.canary_policy is not None and up.canary in self.upstreams and self._to_canary(up, req):
             up, canary = self.upstreams[up.canary], True
-        service, port = up.service, up.port
-        if canary:
-            pass
-        elif loc.service:
-            service, port = loc.service, loc.port
+            service, port = up.service, up.port
         if not up.endpoints:
+            # error_page 502 =503 @kn_unavailable: the named location adds no HSTS
             return Decision(
-                503,
-                srv,
-                nl,
-                loc.ingress,
-                service,
-                port,
-                upstream=up.name,
-                upstream_uri=upstream_uri,
-                canary=canary,
-                hsts=https,
+                503, srv, nl, loc.ingress, service, port, upstream=up.name, upstream_uri=upstream_uri, canary=canary
             )
         endpoint, cookie = self._endpoint(up, req, uri)
         return Decision(
@@ -422,8 +454,9 @@ class Router:
         if key:
             endpoint = self._chash(up, key)
         else:  # no hash, or an empty key: round robin (ngx_http_upstream_get_chash_peer)
-            i = self._rr.get(up.name, 0)
-            self._rr[up.name] = i + 1
+            counter = self._counters[up.name]
+            i = counter[0]
+            counter[0] = i + 1
             endpoint = up.endpoints[i % len(up.endpoints)]
         if up.affinity_cookie:
             cookie_out = f"{up.affinity_cookie}={endpoint.cookie}; Path={up.cookie_path}; HttpOnly"
@@ -439,7 +472,8 @@ class Router:
 
     def reset(self) -> None:
         """What a reload does to nginx's balancer state."""
-        self._rr.clear()
+        for counter in self._counters.values():
+            counter[0] = 0
 
 
 def chash_ring(endpoints: tuple[Endpoint, ...]) -> tuple[list[int], list[Endpoint]]:
