@@ -92,10 +92,10 @@ def check(rendered: Rendered, default_cert: tuple[str, str] | None = None) -> st
             crt, key = default_cert or default_certificate()
             files[f"ssl/{DEFAULT_CERT}.pem"] = crt + key
         conf = write_tree(Path(tmp), Rendered(rendered.text, files))
-        return test_file(conf, Path(tmp))
+        return check_file(conf, Path(tmp))
 
 
-def test_file(conf: Path, prefix: Path) -> str:
+def check_file(conf: Path, prefix: Path) -> str:
     args = [nginx_binary(), "-t", "-q", "-p", f"{prefix}/", "-c", str(conf), "-e", "stderr"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
     if done.returncode != 0:

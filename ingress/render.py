@@ -32,7 +32,7 @@ from .model import DEFAULT_SERVER, IngressModel, Location, Server, Upstream, nee
 from .router import HSTS, canary_percent
 
 DEFAULT_CERT = "default-fake-certificate"  # ingress-nginx's name for its generated certificate
-_WORD = re.compile(r"(?:\$[A-Za-z0-9_]+|[A-Za-z0-9._:/\-\[\]]+)\Z")  # a token, or one variable
+_WORD = re.compile(r"(?:\$[A-Za-z0-9_]+|[A-Za-z0-9._:/\-\[\]]+%?)\Z")  # a token (or a share like 30%), or one variable
 
 
 class RenderError(KubenetemError):

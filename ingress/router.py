@@ -182,11 +182,15 @@ class _Plan(NamedTuple):
     port: int | str | None
     counter: list[int]  # the upstream's round-robin position (shared by its locations)
     simple: bool  # plain round robin over endpoints: no canary, affinity or hash
+    endpoints: tuple[Endpoint, ...]  # the upstream's, at hand for the simple case
+    upstream_name: str | None
 
 
 @dataclass(slots=True)
 class _ServerIndex:
     server: Server
+    name: str
+    app_root: str
     exact: dict[str, _Plan]
     prefix: dict[str, _Plan]
     lengths: tuple[int, ...]
@@ -207,7 +211,7 @@ class _ServerIndex:
             nl.name for nl in nls if nl.modifier != "~*" and nl.name.endswith("/") and nl.location.upstream
         )
         lengths = tuple(sorted({len(p) for p in prefix}, reverse=True))
-        return cls(server, exact, prefix, lengths, regexes, auto)
+        return cls(server, server.host, server.app_root, exact, prefix, lengths, regexes, auto)
 
     def find(self, uri: str) -> tuple[_Plan | None, bool]:
         """(location, auto-redirect 301?) as ngx_http_core_find_location."""
@@ -273,6 +277,8 @@ class Router:
             port,
             self._counters[up.name] if up is not None else [0],
             simple,
+            up.endpoints if up is not None else (),
+            up.name if up is not None else None,
         )
 
     # -- the decision ----------------------------------------------------------
@@ -287,36 +293,34 @@ class Router:
             if host.endswith("."):
                 host = host[:-1]
             index = self.exact.get(host) or self._wildcard(host)
-        server = index.server
+        name = index.name
         path, _, args = req.target.partition("?")
         if "%" in path or "//" in path or "/." in path:
             try:
                 uri = normalize_uri(path)
             except BadRequest:
-                return Decision(400, server.host)
+                return Decision(400, name)
         else:
             uri = path
         https = req.scheme == "https"
-        if server.app_root and uri == "/":
+        if index.app_root and uri == "/":
             # a server-level `return`: no location, so no location's add_header (HSTS)
-            return Decision(302, server.host, redirect=f"{req.scheme}://{req.host or host}{server.app_root}")
+            return Decision(302, name, redirect=f"{req.scheme}://{req.host or host}{index.app_root}")
         plan, moved = index.find(uri)
         if moved:
-            return Decision(301, server.host, redirect=self._moved(req, host, uri, args), hsts=https)
+            return Decision(301, name, redirect=self._moved(req, host, uri, args), hsts=https)
         if plan is None:
-            return Decision(404, server.host)
+            return Decision(404, name)
         if plan.simple and not plan.redirect and not plan.rewrite and not plan.access and not req.content_length:
-            up = plan.upstream
-            assert up is not None
             counter = plan.counter
             i = counter[0]
             counter[0] = i + 1
-            endpoint = up.endpoints[i % len(up.endpoints)]
+            endpoints = plan.endpoints
             return Decision(
-                200, server.host, plan.nl, plan.ingress, plan.service, plan.port, endpoint, None, up.name,
-                req.target, None, False, https,
+                200, name, plan.nl, plan.ingress, plan.service, plan.port, endpoints[i % len(endpoints)], None,
+                plan.upstream_name, req.target, None, False, https,
             )  # fmt: skip
-        return self._location(req, server.host, plan, uri, args, https)
+        return self._location(req, name, plan, uri, args, https)
 
     def _wildcard(self, host: str) -> _ServerIndex:
         dot = host.find(".")

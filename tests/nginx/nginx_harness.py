@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import random
 import socket
 import ssl
 import tempfile
@@ -114,7 +115,7 @@ class NginxHarness:
         write_tree(directory, self.rendered)
         self.nginx = NginxProcess(directory)
         self.nginx.start()
-        self.router = Router(self.model)
+        self.router = Router(self.model, random.Random(0))
 
     def _echo(self, endpoint: str) -> str:
         server = start_echo(endpoint)
@@ -197,7 +198,7 @@ class NginxHarness:
         for key in list(self.conns):
             self.conns.pop(key).close()
         self.nginx.reload()
-        self.router = Router(model)
+        self.router = Router(model, random.Random(0))
 
 
 class _SNIConnection(http.client.HTTPSConnection):

@@ -13,6 +13,7 @@ import pytest
 from nginx_harness import NginxHarness, compare
 
 from ingress.nginx_process import default_certificate
+from ingress.router import Request, Router
 from ingress.scenarios import cluster, ingress, ingress_class, service, tls_secret
 
 pytestmark = pytest.mark.nginx
@@ -45,9 +46,11 @@ def _docs() -> list[dict[str, Any]]:
     crt, key = default_certificate()
     docs: list[dict[str, Any]] = [ingress_class(), tls_secret("secure-tls", crt, key)]
 
+    pods = iter(range(1, 1 << 16))
+
     def svc(name: str, n: int = 1) -> None:
-        base = len(docs)
-        docs.extend(service(name, [f"10.180.{base // 200}.{(base % 200) + i + 1}" for i in range(n)]))
+        ips = [f"10.180.{k // 250}.{k % 250 + 1}" for k in (next(pods) for _ in range(n))]
+        docs.extend(service(name, ips))
 
     for n, paths in enumerate(SPEC_TABLE):
         for i, (path, ptype) in enumerate(paths):
@@ -95,6 +98,9 @@ def _docs() -> list[dict[str, Any]]:
         ingress("deny2", [("deny2.test", [("/", "Prefix", "allow", 80)])],
                 annotations={A + "denylist-source-range": "127.0.0.0/8", A + "allowlist-source-range": "127.0.0.1"}),
         ingress("nobackend", [("empty.test", [("/", "Prefix", "ghost", 80)])]),
+        ingress("wmain", [("canaryw.test", [("/", "Prefix", "wmain", 80)])]),
+        ingress("wcan", [("canaryw.test", [("/", "Prefix", "wcan", 80)])],
+                annotations={A + "canary": "true", A + "canary-weight": "3", A + "canary-weight-total": "10"}),
     ]  # fmt: skip
     return docs
 
@@ -192,6 +198,26 @@ def test_canary(harness: NginxHarness) -> None:
     assert check(harness, "http://canary.test/", {"X-Canary": "maybe", "Cookie": "beta=never"})[0].canary is False
     assert check(harness, "http://canaryv.test/", {"X-Env": "beta"})[0].canary is True
     assert check(harness, "http://canaryv.test/", {"X-Env": "Beta"})[0].canary is True  # falls through to weight 100
+
+
+def test_canary_weight_splits_like_the_router_says(harness: NginxHarness) -> None:
+    """A random split cannot be compared request by request: nginx's shares
+    must fit the probability the router gives (30%), and every answer must
+    come from the primary or the canary upstream."""
+    up = harness.model.upstreams["default-wmain-80"]
+    canary = {e.text for e in harness.model.upstreams[up.canary].endpoints}
+    primary = {e.text for e in up.endpoints}
+    n, hits = 400, 0
+    for _ in range(n):
+        _, answer = harness.request("http", "canaryw.test", "/")
+        assert answer.status == 200 and answer.body is not None
+        assert answer.body["endpoint"] in canary | primary
+        hits += answer.body["endpoint"] in canary
+    sigma = (n * 0.3 * 0.7) ** 0.5
+    assert abs(hits - 0.3 * n) < 5 * sigma, hits
+    rng_router = Router(harness.model, random.Random(1))
+    shares = sum(rng_router.route(Request.from_url("http://canaryw.test/")).canary for _ in range(n))
+    assert abs(shares - 0.3 * n) < 5 * sigma
 
 
 def test_body_size_and_source_ranges(harness: NginxHarness) -> None:
