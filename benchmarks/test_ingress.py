@@ -84,10 +84,10 @@ def test_rerender_after_one_ingress_changes(
     model, renderer = warm
     ing = model.ingresses[next(k for k in model.ingresses if k.endswith("/app-7"))]
     svc = ing.rules[0].paths[0].backend.service
+    paths = [[("/", "Prefix", svc, 80), (f"/v{i}", "Prefix", svc, 80)] for i in range(2)]
     versions = itertools.cycle(
-        raw(ingress("app-7", [("app-7.example.com", [("/", "Prefix", svc, 80), (f"/v{i}", "Prefix", svc, 80)])], namespace=ing.namespace))
-        for i in range(2)
-    )  # fmt: skip
+        raw(ingress("app-7", [("app-7.example.com", p)], namespace=ing.namespace)) for p in paths
+    )
 
     def change() -> str:
         model.apply(changed=[next(versions)])

@@ -167,6 +167,7 @@ def run_serve(args: argparse.Namespace) -> int:
     controller = Controller(directory, files, options, _config(args), nginx)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
 
     def report(result: SyncResult) -> None:
         for line in result.problems if result.changed else []:

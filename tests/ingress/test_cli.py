@@ -75,7 +75,8 @@ def test_rejected_ingress_is_reported_and_left_out(capsys: pytest.CaptureFixture
     bad = {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "Ingress",
-        "metadata": {"name": "evil", "namespace": "dev", "annotations": {"nginx.ingress.kubernetes.io/server-snippet": "x"}},
+        "metadata": {"name": "evil", "namespace": "dev",
+                     "annotations": {"nginx.ingress.kubernetes.io/server-snippet": "x"}},
         "spec": {"rules": [{"host": "evil.example.com", "http": {"paths": [
             {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]},
     }  # fmt: skip

@@ -59,7 +59,8 @@ def test_chash_ring_has_160_points_per_server() -> None:
 def test_canary_weight_and_weight_total() -> None:
     docs = [
         ingress("m", [("c.test", [("/", "Prefix", "web", 80)])]),
-        ingress("c", [("c.test", [("/", "Prefix", "can", 80)])], annotations={A + "canary": "true", A + "canary-weight": "1", A + "canary-weight-total": "4"}),
+        ingress("c", [("c.test", [("/", "Prefix", "can", 80)])],
+                annotations={A + "canary": "true", A + "canary-weight": "1", A + "canary-weight-total": "4"}),
     ]  # fmt: skip
     r = router(*docs)
     n = 4000
