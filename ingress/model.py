@@ -29,16 +29,15 @@ that both the renderer and the router use, so the two cannot disagree.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from netem.addr import int_to_ip
 from netem.cluster import Cluster
 from netem.errors import KubenetemError
+from netem.gcpause import paused_gc
 from netem.objects import RawObject, Service
 from proxy_modes.view import EndpointInfo, ProxyState, ServicePortName, build_state
 
@@ -122,20 +121,6 @@ class Server:
     def regex(self) -> bool:
         """enforceRegexModifier (template.go): any location using a regex or a rewrite."""
         return any(loc.settings.use_regex or needs_rewrite(loc) for loc in self.locations)
-
-
-@contextmanager
-def paused_gc() -> Iterator[None]:
-    """Building ten thousand small immutable objects triggers the cyclic
-    collector over and over, each time walking the whole (large) heap; none of
-    them can form a cycle, so the collector waits until we are done."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def needs_rewrite(loc: Location) -> bool:

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 MODES: dict[str, tuple[str, str]] = {
     # filled in as modes land: name -> (module, class)
+    "ipvs": ("proxy_modes.ipvs.engine", "IpvsMode"),
+    "userspace": ("proxy_modes.userspace.engine", "UserspaceMode"),
 }
 
 

@@ -9,5 +9,8 @@ COMMANDS = [
     "validate",
     "rules",
     "trace",
+    "demo",
+    "proxy",
+    "routes",
     "ingress",
 ]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nginx_syntax import parse, walk
+from kn_nginx_syntax import parse, walk
 
 from ingress.model import IngressModel
 from ingress.render import Nginx, Renderer, RenderError, literal, q, word

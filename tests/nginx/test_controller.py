@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from nginx_harness import free_port, start_echo
+from kn_nginx_harness import free_port, start_echo
 
 from ingress.controller import Controller, SyncResult
 from ingress.nginx_process import NginxProcess

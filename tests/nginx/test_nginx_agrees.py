@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from nginx_harness import NginxHarness, compare
+from kn_nginx_harness import NginxHarness, compare
 
 from ingress.nginx_process import default_certificate
 from ingress.router import Request, Router
