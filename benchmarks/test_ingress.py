@@ -116,3 +116,11 @@ def test_route_decision_with_10000_hosts(
     cycle = itertools.cycle(requests)
     decision = benchmark(lambda: r.route(next(cycle)))  # type: ignore[operator]
     assert decision.status == 200 and decision.endpoint is not None
+
+
+@pytest.mark.benchmark(group="ingress-route")
+def test_route_decision_one_host_hot(benchmark: pytest.FixtureRequest, router: tuple[Router, list[Request]]) -> None:
+    """The same request again and again: the decision's own cost, its data in cache."""
+    r, requests = router
+    decision = benchmark(r.route, requests[0])  # type: ignore[operator]
+    assert decision.status == 200

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import re
+import sys
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -76,7 +77,15 @@ class Request(NamedTuple):
             jar = "; ".join(f"{k}={v}" for k, v in cookies.items())
             hdrs["cookie"] = f"{hdrs['cookie']}; {jar}" if "cookie" in hdrs else jar
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        return cls(parts.scheme, hdrs.get("host", parts.netloc), target, hdrs, client, parts.port or 0, content_length)
+        return cls(
+            parts.scheme,
+            sys.intern(hdrs.get("host", parts.netloc)),
+            target,
+            hdrs,
+            client,
+            parts.port or 0,
+            content_length,
+        )
 
 
 class Decision(NamedTuple):
@@ -195,7 +204,7 @@ class _ServerIndex:
     prefix: dict[str, _Plan]
     lengths: tuple[int, ...]
     regexes: tuple[tuple[re.Pattern[str], _Plan], ...]
-    auto_redirect: frozenset[str]
+    redirects: frozenset[str]  # URIs nginx answers with a 301 to URI + "/"
 
     @classmethod
     def build(
@@ -207,17 +216,24 @@ class _ServerIndex:
         regexes = tuple((re.compile(nl.name, re.IGNORECASE), plan(nl, server)) for nl in nls if nl.modifier == "~*")
         # proxy_pass sets auto_redirect on a location whose name ends in "/";
         # every location we render proxies, except those without a backend.
-        auto = frozenset(
-            nl.name for nl in nls if nl.modifier != "~*" and nl.name.endswith("/") and nl.location.upstream
-        )
+        # A request for that name without the "/" gets the 301, unless a
+        # location is named exactly so (ngx_http_core_find_static_location).
+        redirects = frozenset(
+            nl.name[:-1]
+            for nl in nls
+            if nl.modifier != "~*" and nl.name.endswith("/") and nl.location.upstream
+            and nl.name[:-1] not in exact and nl.name[:-1] not in prefix
+        )  # fmt: skip
         lengths = tuple(sorted({len(p) for p in prefix}, reverse=True))
-        return cls(server, server.host, server.app_root, exact, prefix, lengths, regexes, auto)
+        return cls(server, sys.intern(server.host), server.app_root, exact, prefix, lengths, regexes, redirects)
 
     def find(self, uri: str) -> tuple[_Plan | None, bool]:
         """(location, auto-redirect 301?) as ngx_http_core_find_location."""
         hit = self.exact.get(uri)
         if hit is not None:
             return hit, False
+        if self.redirects and uri in self.redirects:
+            return None, True
         best = None
         n = len(uri)
         for length in self.lengths:
@@ -225,8 +241,6 @@ class _ServerIndex:
                 best = self.prefix.get(uri[:length])
                 if best is not None:
                     break
-        if self.auto_redirect and uri + "/" in self.auto_redirect and uri not in self.prefix:
-            return None, True
         for rx, plan in self.regexes:
             if rx.match(uri):
                 return plan, False
@@ -256,7 +270,7 @@ class Router:
             if host.startswith("*."):
                 self.wildcard[host[2:]] = index
             else:
-                self.exact[host] = index
+                self.exact[sys.intern(host)] = index
         self._rings: dict[str, tuple[list[int], list[Endpoint]]] = {}
 
     def _plan(self, nl: NginxLocation, server: Server) -> _Plan:
