@@ -102,6 +102,9 @@ class Settings:
     deny: tuple[Cidr, ...] = ()
 
 
+_DEFAULT = Settings()
+
+
 class AnnotationError(ValueError):
     """One annotation with a value we refuse; `path` names it."""
 
@@ -114,6 +117,8 @@ class AnnotationError(ValueError):
 def parse_settings(annotations: dict[str, str]) -> tuple[Settings, list[AnnotationError]]:
     """Settings from an Ingress's annotations; every bad value is reported."""
     ours = {k[len(PREFIX) :]: v for k, v in annotations.items() if k.startswith(PREFIX)}
+    if not ours:
+        return _DEFAULT, []
     errors: list[AnnotationError] = []
     values: dict[str, Any] = {}
     for name in sorted(ours):

@@ -30,14 +30,13 @@ nginx takes the first regex that matches, case-insensitively.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .model import Location, Server, needs_rewrite
 from .objects import EXACT, PREFIX
 
 
-@dataclass(frozen=True, slots=True)
-class NginxLocation:
+class NginxLocation(NamedTuple):
     modifier: str  # "=", "" (prefix) or "~*"
     name: str  # the location's path or regex
     location: Location

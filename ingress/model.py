@@ -33,6 +33,7 @@ import hashlib
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from netem.addr import int_to_ip
 from netem.cluster import Cluster
@@ -70,8 +71,7 @@ class ControllerConfig:
     keep_spec: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
+class Endpoint(NamedTuple):
     text: str  # the pod endpoint "ip:port" as the cluster knows it
     ip: str
     port: int
@@ -98,8 +98,7 @@ class Upstream:
         return hashlib.sha1(self.name.encode()).hexdigest()[:12]
 
 
-@dataclass(frozen=True, slots=True)
-class Location:
+class Location(NamedTuple):
     path: str
     path_type: str
     ingress: str | None  # "ns/name" of the Ingress the location (or fallback backend) comes from

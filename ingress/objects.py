@@ -15,7 +15,7 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from netem import validation as v
 from netem.errors import ValidationError
@@ -37,8 +37,7 @@ _IPV6_LIKE = re.compile(r"[0-9A-Fa-f:.]+\Z")
 _REGEX_META = re.compile(r"[\^$\[\](){}*+?|\\]")
 
 
-@dataclass(frozen=True, slots=True)
-class BackendRef:
+class BackendRef(NamedTuple):
     """An IngressBackend: a service port (number or name) or a resource."""
 
     service: str = ""
@@ -46,21 +45,18 @@ class BackendRef:
     resource: str = ""  # "Kind/name" for resource backends (not proxied; default backend answers)
 
 
-@dataclass(frozen=True, slots=True)
-class PathRule:
+class PathRule(NamedTuple):
     path: str
     path_type: str
     backend: BackendRef
 
 
-@dataclass(frozen=True, slots=True)
-class Rule:
+class Rule(NamedTuple):
     host: str  # "" = every host (the default server)
     paths: tuple[PathRule, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class TLS:
+class TLS(NamedTuple):
     hosts: tuple[str, ...]
     secret: str
 

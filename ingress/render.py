@@ -238,7 +238,7 @@ class Renderer:
     # -- servers -----------------------------------------------------------------
 
     def _server(self, server: Server, all_ups: dict[str, Upstream]) -> Nginx:
-        locations = [self._location(view) for view in _location_views(server, all_ups, self._keep_spec)]
+        locations = _location_texts(server, all_ups, self._keep_spec, self._location)
         return self._server_text(_server_view(server, self.options, Nginx("\n".join(locations))))
 
 
@@ -372,11 +372,15 @@ class Shaped:
         self.formats: dict[tuple[Any, ...], str] = {}
 
     def __call__(self, view: tuple[Any, ...]) -> Nginx:
+        return Nginx(self.format_for(view).format(*self.values(view)))
+
+    def format_for(self, view: tuple[Any, ...]) -> str:
+        """The str.format pattern for views shaped like this one."""
         shape = self.shape(view)
         fmt = self.formats.get(shape)
         if fmt is None:
             fmt = self.formats[shape] = self._compile(view)
-        return Nginx(fmt.format(*self.values(view)))
+        return fmt
 
     def _compile(self, view: tuple[Any, ...]) -> str:
         counter = iter(range(1 << 30))
@@ -459,18 +463,24 @@ class LocationView(NamedTuple):
     canary_cookie: Nginx | None
 
 
-def _location_views(server: Server, all_ups: dict[str, Upstream], keep_spec: bool) -> list[LocationView]:
-    """One view per nginx location; the parts that depend only on the Ingress
-    path are computed once for a path and its exact twin."""
-    common: dict[int, LocationView] = {}
-    views = []
+def _location_texts(server: Server, all_ups: dict[str, Upstream], keep_spec: bool, shaped: Shaped) -> list[str]:
+    """Every location block of a server. What depends only on the Ingress
+    path (the format for its shape and its values) is worked out once for a
+    path and its exact twin; the twin differs only in the location's name."""
+    common: dict[int, tuple[str, list[str]]] = {}
+    texts: list[str] = []
     for nl in nginx_locations(server, keep_spec):
-        base = common.get(id(nl.location))
-        if base is None:
-            base = common[id(nl.location)] = _location_common(nl.location, server, all_ups)
         name = Nginx(f"{nl.modifier} {q(nl.name)}" if nl.modifier else q(nl.name))
-        views.append(base._replace(name=name, comment=_why(nl, server)) if nl.shadow else base._replace(name=name))
-    return views
+        if nl.shadow:
+            view = _location_common(nl.location, server, all_ups)._replace(name=name, comment=_why(nl, server))
+            texts.append(shaped(view))
+            continue
+        hit = common.get(id(nl.location))
+        if hit is None:
+            view = _location_common(nl.location, server, all_ups)._replace(name=name)
+            hit = common[id(nl.location)] = (shaped.format_for(view), _location_values(view)[1:])
+        texts.append(hit[0].format(name, *hit[1]))
+    return texts
 
 
 def _why(nl: NginxLocation, server: Server) -> Nginx:
