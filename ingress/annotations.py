@@ -27,13 +27,14 @@ from netem.addr import Cidr, parse_cidr
 
 PREFIX = "nginx.ingress.kubernetes.io/"
 
-# validators.go: alphaNumericChars and the regexes built from it.
+# validators.go: alphaNumericChars and the regexes built from it. Go's `$`
+# ends the text; Python's `$` also matches before a final newline, so `\Z`.
 _ALNUM = r"\-\.\_\~a-zA-Z0-9\/:"
-REGEX_PATH_WITH_CAPTURE = re.compile(r"^/?[" + _ALNUM + r"\/\$]*$")
-_SIZE = re.compile(r"^(\d+)([kKmMgG]?)$")  # SizeRegex minus `b`: ngx_parse_offset knows only k, m, g
-_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
-_COOKIE_NAME = re.compile(r"^[A-Za-z0-9_]+$")  # must also be an nginx variable suffix ($cookie_NAME)
-_EXTENDED_CHARS = re.compile(r"^[/" + _ALNUM + r", ]*$")
+REGEX_PATH_WITH_CAPTURE = re.compile(r"^/?[" + _ALNUM + r"\/\$]*\Z")
+_SIZE = re.compile(r"^(\d+)([kKmMgG]?)\Z")  # SizeRegex minus `b`: ngx_parse_offset knows only k, m, g
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+\Z")
+_COOKIE_NAME = re.compile(r"^[A-Za-z0-9_]+\Z")  # must also be an nginx variable suffix ($cookie_NAME)
+_EXTENDED_CHARS = re.compile(r"^[/" + _ALNUM + r", ]*\Z")
 _BOOL_TRUE = {"1", "t", "T", "TRUE", "true", "True"}  # strconv.ParseBool
 _BOOL_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 

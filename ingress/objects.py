@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -29,9 +30,9 @@ PATH_TYPES = (EXACT, PREFIX, IMPL)
 _BAD_SEQUENCES = ("//", "/./", "/../", "%2f", "%2F")
 _BAD_SUFFIXES = ("/..", "/.")
 # inspector/rules.go validPathType (strict-validate-path-type, default on since v1.12).
-_STRICT_PATH = re.compile(r"^/[A-Za-z0-9._\-/]*$")
+_STRICT_PATH = re.compile(r"^/[A-Za-z0-9._\-/]*\Z")
 # validators.go IsValidRegex: what an ImplementationSpecific (possibly regex) path may hold.
-_REGEX_PATH = re.compile(r"^[/\-._~a-zA-Z0-9:^$\[\](){}*+?|&=\\]*$")
+_REGEX_PATH = re.compile(r"^[/\-._~a-zA-Z0-9:^$\[\](){}*+?|&=\\]*\Z")
 _IP_LIKE = re.compile(r"[0-9]+(\.[0-9]+){3}\Z")  # ParseIPSloppy accepts what this matches
 _IPV6_LIKE = re.compile(r"[0-9A-Fa-f:.]+\Z")
 _REGEX_META = re.compile(r"[\^$\[\](){}*+?|\\]")
@@ -297,7 +298,9 @@ def _check_regexes(rules: tuple[Rule, ...], err: _Errors) -> None:
     for i, rule in enumerate(rules):
         for j, p in enumerate(rule.paths):
             try:
-                re.compile(p.path)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "possible nested set": fine for PCRE
+                    re.compile(p.path)
             except re.error as exc:
                 err.add(f"is not a valid regular expression ({exc})", f"spec.rules[{i}].http.paths[{j}].path", p.path)
 

@@ -39,6 +39,11 @@ def errors(m: IngressModel) -> list[str]:
         ({"path": '/a"}'}, "spec.rules[0].http.paths[0].path", "strict-validate-path-type"),
         ({"path": "/a\nb", "ptype": "ImplementationSpecific"}, "spec.rules[0].http.paths[0].path", "may only contain"),
         ({"path": "/a b", "ptype": "ImplementationSpecific"}, "spec.rules[0].http.paths[0].path", "may only contain"),
+        # Python's `$` also matches before a final newline; Go's (ingress-nginx) does not
+        ({"path": "/a\n", "ptype": "ImplementationSpecific"}, "spec.rules[0].http.paths[0].path", "may only contain"),
+        ({"path": "/a\n"}, "spec.rules[0].http.paths[0].path", "strict-validate-path-type"),
+        ({"annotations": {A + "proxy-body-size": "1m\n"}}, "proxy-body-size", "size"),
+        ({"annotations": {A + "canary-by-cookie": "c\n"}}, "canary-by-cookie", "letters"),
         ({"ptype": "Regex"}, "spec.rules[0].http.paths[0].pathType", "Unsupported value"),
         ({"host": "10.0.0.1"}, "spec.rules[0].host", "not an IP address"),
         ({"host": "a.example.com:80"}, "spec.rules[0].host", "RFC 1123 subdomain"),

@@ -265,3 +265,35 @@ def test_ingress_nginx_locations_break_the_spec_and_the_router_knows(harness: Ng
         assert check(harness, "https://t4.spec.test/foo")[0].status == 301
     finally:
         harness.reload(IngressModel.from_cluster(cluster(docs), address_of=harness.model.address_of))
+
+
+def test_nginx_accepts_every_config_we_emit_for_hostile_inputs() -> None:
+    """Ingresses full of nginx syntax, quotes, variables, regex and control
+    characters in paths, hosts and annotation values: each is rejected or
+    rendered quoted, and `nginx -t` accepts the config made of the survivors."""
+    from ingress.model import IngressModel
+    from ingress.nginx_process import check
+    from ingress.render import Renderer
+
+    rng = random.Random(1974)
+    hostile = list("abc/._-~:^$[](){}*+?|&=\\;#'\" \t\n\r%") + ["${host}", "$1", "/..", "//", "}server{", "\u00e9"]
+    benign = list("abcxyz019/._-") + ["(/|$)(.*)", "[0-9]+", "\\d", "{2}", "^", "$"]
+    values = {
+        "rewrite-target": ["/$2", "/", "/new/$1"], "app-root": ["/app"], "upstream-hash-by": ["$remote_addr", "${uri}x"],
+        "canary-by-header": ["X-C"], "canary-by-header-value": ["on"], "canary-by-cookie": ["beta"],
+        "session-cookie-name": ["s1"], "session-cookie-path": ["/p"], "proxy-body-size": ["8k", "0"],
+        "allowlist-source-range": ["10.0.0.0/8,127.0.0.1"], "denylist-source-range": ["192.0.2.1"],
+        "affinity": ["cookie"], "load-balance": ["ewma"], "ssl-redirect": ["false"],
+    }  # fmt: skip
+    docs: list[dict[str, Any]] = [ingress_class(), *service("web", ["10.180.9.1"])]
+    for i in range(150):
+        alphabet = hostile if rng.random() < 0.3 else benign
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        ptype = rng.choice(["Exact", "Prefix", "ImplementationSpecific"])
+        name = rng.choice(sorted(values))
+        value = rng.choice(values[name]) if rng.random() < 0.7 else "".join(rng.choice(hostile) for _ in range(6))
+        annotations = {A + name: value, A + "use-regex": rng.choice(["true", "false"])}
+        docs.append(ingress(f"h{i}", [(f"h{i % 17}.test", [("/" + text, ptype, "web", 80)])], annotations=annotations))
+    model = IngressModel.from_cluster(cluster(docs))
+    assert len(model.error_list()) > 20 and len(model.ingresses) > 30
+    check(Renderer().render(model))
