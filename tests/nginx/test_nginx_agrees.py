@@ -276,10 +276,11 @@ def test_nginx_accepts_every_config_we_emit_for_hostile_inputs() -> None:
     from ingress.render import Renderer
 
     rng = random.Random(1974)
-    hostile = list("abc/._-~:^$[](){}*+?|&=\\;#'\" \t\n\r%") + ["${host}", "$1", "/..", "//", "}server{", "\u00e9"]
-    benign = list("abcxyz019/._-") + ["(/|$)(.*)", "[0-9]+", "\\d", "{2}", "^", "$"]
+    hostile = [*"abc/._-~:^$[](){}*+?|&=\\;#'\" \t\n\r%", "${host}", "$1", "/..", "//", "}server{", "\u00e9"]
+    benign = [*"abcxyz019/._-", "(/|$)(.*)", "[0-9]+", "\\d", "{2}", "^", "$"]
     values = {
-        "rewrite-target": ["/$2", "/", "/new/$1"], "app-root": ["/app"], "upstream-hash-by": ["$remote_addr", "${uri}x"],
+        "rewrite-target": ["/$2", "/", "/new/$1"], "app-root": ["/app"],
+        "upstream-hash-by": ["$remote_addr", "${uri}x"],
         "canary-by-header": ["X-C"], "canary-by-header-value": ["on"], "canary-by-cookie": ["beta"],
         "session-cookie-name": ["s1"], "session-cookie-path": ["/p"], "proxy-body-size": ["8k", "0"],
         "allowlist-source-range": ["10.0.0.0/8,127.0.0.1"], "denylist-source-range": ["192.0.2.1"],
