@@ -122,17 +122,15 @@ class Decision(NamedTuple):
 
     def to_text(self) -> str:
         j = self.to_json()
-        lines = [f"status:    {self.status}", f"server:    {self.server}"]
+        rows = [("status", str(self.status)), ("server", self.server)]
         if self.location is not None:
-            lines.append(f"location:  {self.location.text}" + ("  (default backend)" if j["location"] is None else ""))
-        for key in ("ingress", "redirect", "upstream_uri", "set_cookie"):
-            if j[key]:
-                lines.append(f"{key + ':':<10} {j[key]}")
+            rows.append(("location", self.location.text + ("  (default backend)" if j["location"] is None else "")))
+        rows += [(key, str(j[key])) for key in ("ingress", "redirect", "upstream_uri", "set_cookie") if j[key]]
         if self.service is not None:
-            lines.append(f"backend:   {self.service}:{self.port}" + ("  (canary)" if self.canary else ""))
+            rows.append(("backend", f"{self.service}:{self.port}" + ("  (canary)" if self.canary else "")))
         if self.endpoint is not None:
-            lines.append(f"endpoint:  {self.endpoint.text}")
-        return "\n".join(lines)
+            rows.append(("endpoint", self.endpoint.text))
+        return "\n".join(f"{key + ':':<14}{value}" for key, value in rows)
 
 
 class BadRequest(Exception):

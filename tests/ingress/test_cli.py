@@ -68,7 +68,7 @@ def test_route_redirect_and_default_backend(capsys: pytest.CaptureFixture[str]) 
     code, out, _ = run(
         capsys, "ingress", "route", "-f", EXAMPLES, "--url", "http://api.example.com/v1/a", "--header", "X-A: 1"
     )
-    assert code == 0 and "location:  /v1/" in out and "endpoint:  10.244." in out
+    assert code == 0 and "location:     /v1/" in out and "endpoint:     10.244." in out
 
 
 def test_rejected_ingress_is_reported_and_left_out(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
