@@ -207,6 +207,7 @@ class ControlPlane:
         self._sim = sim_ref
         self.used_ips: set[int] = {p.pod_ip for p in cluster.pods if p.pod_ip is not None}
         self.extra_pods: dict[int, tuple[str, str, str]] = {}  # ip -> (namespace, name, node) of pods made here
+        self.current_rs: dict[int, str] = {}  # a rolled Deployment's new ReplicaSet, by id of the workload
         registry.create(config.mode, random.Random(0))  # an unknown mode fails now, not at the first packet
 
     @property
@@ -356,6 +357,7 @@ class ControlPlane:
             "annotations": {"kubectl.kubernetes.io/restartedAt": f"{t}"},
         }
         rs = f"{workload.meta.name}-{template_hash(restarted)}"
+        self.current_rs[id(workload)] = rs  # a later scale adds pods of the new ReplicaSet
         for step, start in enumerate(range(0, len(old), surge)):
             batch = old[start : start + surge]
             when = t + round(step * ROLLOUT_STEP * NS)
@@ -422,6 +424,8 @@ class ControlPlane:
         return [(ns, name, ip) for ns, name, ip in pods if ip is not None and not self.sim.is_dead(ip, self.sim.now)]
 
     def replicaset(self, workload: Workload) -> str:
+        if id(workload) in self.current_rs:
+            return self.current_rs[id(workload)]
         for pod in self.workload_pods(workload):
             if pod.owner is not None:
                 return pod.owner[1]

@@ -788,12 +788,15 @@ class Sim:
             self._arm_s(conn)
 
     def _lost(self, conn: Conn) -> None:
-        """A packet of `conn` is gone: whatever either side waits for will need its timer."""
+        """A packet of `conn` is gone: whatever either side waits for will need
+        its timer, and so does the client a proxy's connection works for."""
         if self.lazy:
             if conn.c_wait:
                 self._arm_c(conn)
             if conn.s_wait:
                 self._arm_s(conn)
+            if conn.leg1 is not None:
+                self._lost(conn.leg1)
 
     def _arm_c(self, conn: Conn) -> None:
         deadline = conn.c_sent + conn.c_wait

@@ -408,3 +408,37 @@ def test_pcap_marks_the_retransmitted_syn(capsys: pytest.CaptureFixture[str], tm
         timeout=60,
     ).stdout
     assert out.strip()  # tshark sees the SYNs sent again to the dead pod (or the service)
+
+
+@pytest.mark.parametrize("udp", [False, True], ids=["tcp", "udp"])
+@pytest.mark.parametrize(
+    "link", ["delay 5ms loss 10%", "delay 5ms 3ms loss 10% duplicate 5%"], ids=["steady", "jitter"]
+)
+@pytest.mark.parametrize("mode", MODES)
+def test_no_connection_is_left_hanging(mode: str, link: str, udp: bool) -> None:
+    """Lossy links, a pod killed, a proxy in between: every connection ends, recorded once."""
+    from kubenetem.scenarios import synthetic_cluster
+
+    cluster = synthetic_cluster(services=3, endpoints=3, nodes=3, udp=udp)
+    config = SimConfig(mode=mode, clients=6, connections=15, duration=6.0, link=link, events=[Kill("ns0/svc0-0", 2.0)])
+    report = simulate(cluster, config)
+    assert len(report.sim.records) == 6 * 15
+    assert not report.sim.heap
+    ok = sum(r[2] == OK for r in report.sim.records)
+    assert ok >= 6 * 15 * (0.3 if udp else 0.9)  # UDP loses ~47% over 6 lossy links; TCP retransmits
+
+
+def test_a_scale_after_a_rollout_adds_pods_of_the_new_replicaset(cluster: Cluster) -> None:
+    config = SimConfig(
+        mode=MODES[0],
+        clients=4,
+        connections=10,
+        duration=12.0,
+        services=["dev/web"],
+        events=[Rollout("web", 1.0), Scale("web", 5, 8.0)],
+    )
+    events = [e["event"] for e in simulate(cluster, config).data["events"]]
+    made = [e.split()[0].removeprefix("pod/dev/") for e in events if "ready on" in e]
+    assert len(made) == 3 + 2
+    replicasets = {name.rsplit("-", 1)[0] for name in made}
+    assert len(replicasets) == 1 and replicasets != {"web-79ffbd7fbd"}
