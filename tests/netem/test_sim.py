@@ -291,3 +291,30 @@ def test_acks_follow_the_translation_both_ways(topology_factory: Any) -> None:
     replies = [p for _, p in seen if p.src == ip("10.244.2.2")]
     assert replies and all(p.dport != 80 and p.sport == 80 for p in replies)
     assert replies[0].flags & (SYN | ACK) == SYN | ACK
+
+
+class CostlyRouter(FixedRouter):
+    """Each decision costs the kernel 1 ms (a stand-in for a calibrated model)."""
+
+    cost = True
+
+    def cost_ns(self, decision: Any) -> int:
+        return MS
+
+
+@pytest.mark.parametrize(("endpoint", "extra"), [("10.244.1.2", 2), ("10.244.2.2", 3)])
+def test_the_modeled_kernel_cost_delays_each_routed_packet(topology_factory: Any, endpoint: str, extra: int) -> None:
+    routers: dict[str, CostlyRouter] = {}
+    ep = (ip(endpoint), 80)
+    sim = Sim(
+        topology_factory(), lambda n: routers.setdefault(n, CostlyRouter(ep)), random.Random(7), link="delay 10ms"
+    )
+    target = sim.target_index(Target("test", TCP, VIP, 80))
+    one_client(sim, target)
+    sim.run()
+    ((_, _, result, _, _, handshake, _, _, _),) = sim.records
+    assert result == OK
+    hops = 2 if endpoint.startswith("10.244.1.") else 3
+    # The SYN on the client's node, the SYN-ACK there again, and (remote) the
+    # SYN once more on the endpoint's node, which only forwards.
+    assert handshake == 2 * hops * 10 * MS + extra * MS
