@@ -572,7 +572,7 @@ class Sim:
                 router.route(pkt, t / NS)  # the kernel's REDIRECT entry; the proxy's socket takes it
                 self._at_responder(t, node.local, conn, pkt)
                 return
-            if conn.ep is None and router.proxy and conn.f_pre == pkt[:5]:
+            if conn.ep is None and router.proxy:
                 d, failed, wait = router.dial(pkt, t / NS)
                 if d.service is not None:
                     self._bind_proxy(t, node, conn, d, failed, wait)
