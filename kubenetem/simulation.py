@@ -636,6 +636,7 @@ class Report:
                 failed.setdefault(name, Counter())[r[4]] += 1
         out = []
         total = len(sim.records) or 1
+        protocols = {t.name: t.proto for t in sim.targets}
         for name in sorted(by_service):
             counts = by_service[name]
             n = sum(counts.values())
@@ -653,9 +654,7 @@ class Report:
             out.append(
                 {
                     "service": name,
-                    "protocol": proto_name(
-                        sim.targets[next(i for i, t in enumerate(sim.targets) if t.name == name)].proto
-                    ),
+                    "protocol": proto_name(protocols[name]),
                     "connections": n,
                     "share": n / total,
                     "failed": sum(bad.values()),
