@@ -18,7 +18,7 @@ from netem.errors import UsageError
 from netem.sim import REFUSED, TIMEOUT
 
 from ..simulation import Event, Kill, Rollout, Scale, SimConfig, simulate
-from .common import add_files, load, write_output
+from .common import add_files, load
 
 _UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 _TIME = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(ns|us|ms|s|m)?$")
@@ -128,6 +128,3 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(report.to_text())
     return 0
-
-
-__all__ = ["parse_time", "register", "run", "write_output"]
