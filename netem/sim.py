@@ -89,6 +89,10 @@ UDP_HDR = 28
 ICMP_UNREACH_LEN = 56  # 20 IP + 8 ICMP + the offending IP header + 8 bytes
 PORT_UNREACH, HOST_UNREACH = 3, 1  # ICMP destination unreachable codes
 
+# The most links a packet crosses one way: an outside client's uplink, the
+# entry node's eth0, a second node's eth0 (a reply via the entry node), a pod's veth.
+MAX_HOPS = 4
+
 # Kinds of hosts (where a socket lives) and of first hops.
 POD, OUTSIDE, LOCAL = 0, 1, 2
 TO_NODE, TO_HOST, NOWHERE = 0, 1, 2
@@ -314,7 +318,9 @@ class Sim:
             raise ValueError("netem `slot` releases packets at slot times; the simulation drives links with send()")
         # Hosts handle packets from their own veth at once unless the link can reorder them.
         self.inline = spec is None or not (spec.jitter or spec.rate or spec.gap or spec.reorder)
-        self.lazy = self.inline  # timers only on loss (see "retransmission timers")
+        # Timers only on loss (see "retransmission timers") while a handshake
+        # (at most MAX_HOPS links each way) fits in the first SYN's timeout.
+        self.lazy = self.inline and (spec is None or 2 * MAX_HOPS * spec.latency < TCP_TIMEOUT_INIT)
         self.sent = 0  # packets put on the network by endpoints (retransmissions included)
         self.retransmissions = 0
         self.drops: dict[str, int] = {"verdict": 0, "dead_pod": 0, "unroutable": 0, "corrupted": 0, "no_socket": 0}
@@ -772,8 +778,8 @@ class Sim:
     # the timer becomes an event only when one of the connection's packets
     # is lost (a link drop, a dead pod, a DROP verdict): a timer that is
     # never lost to would only be cancelled, so only the losses pay for one.
-    # That is exact as long as no delay exceeds the RTO, which only jitter or
-    # a rate's queue can cause; those links arm every timer at once.
+    # That is exact as long as no round trip exceeds the RTO, which jitter, a
+    # rate's queue or long delays can cause; then every timer is armed at once.
 
     def _c_out(self, t: int, conn: Conn, wait: int) -> None:
         conn.c_sent = t

@@ -318,3 +318,15 @@ def test_the_modeled_kernel_cost_delays_each_routed_packet(topology_factory: Any
     # The SYN on the client's node, the SYN-ACK there again, and (remote) the
     # SYN once more on the endpoint's node, which only forwards.
     assert handshake == 2 * hops * 10 * MS + extra * MS
+
+
+def test_a_round_trip_longer_than_the_initial_rto_retransmits_the_syn(topology_factory: Any) -> None:
+    # 2 hops of 300 ms each way: the SYN-ACK comes 1.2 s after the SYN, after
+    # its 1 s timer fired. Linux sends the SYN again (spuriously) and connects
+    # on the first SYN-ACK.
+    sim, _, target = make_sim(topology_factory, link="delay 300ms")
+    assert not sim.lazy
+    one_client(sim, target)
+    sim.run()
+    ((_, _, result, _, _, handshake, syn_retries, _, _),) = sim.records
+    assert (result, handshake, syn_retries) == (OK, 1200 * MS, 1)
