@@ -20,8 +20,9 @@ What is modelled, and from where:
   fails after the last one's timeout, 127 s after the first SYN
   (tcp_timer.c tcp_write_timeout). After the handshake the RTO is the first
   RTT sample m plus max(2m, TCP_RTO_MIN = 200 ms) (tcp_input.c
-  tcp_rtt_estimator: srtt = m, rttvar = max(m/2 * 4, rto_min); tcp_set_rto),
-  doubling per retransmission up to TCP_RTO_MAX (120 s), at most
+  tcp_rtt_estimator, "make sure rto = 3*rtt": srtt = m, rttvar =
+  max(2m, rto_min); __tcp_set_rto), doubling per retransmission up to
+  TCP_RTO_MAX (120 s), at most
   `tcp_retries2` (15) times, a FIN after the application closed at most
   `tcp_orphan_retries` (8) times. A RST (a closed port) or an ICMP error in
   SYN_SENT fails the connect at once (tcp_ipv4.c tcp_v4_err, tcp_reset).
@@ -50,7 +51,14 @@ What is modelled, and from where:
   host unreachable; that is not modelled: the neighbour entry of an address
   in use stays valid for tens of seconds.) A pod whose process died but
   whose network namespace lives (`how="refused"`) answers a RST (TCP) or
-  ICMP port unreachable (UDP): connection refused.
+  ICMP port unreachable (UDP): connection refused. Both answers are the
+  kernel's (tests/netem/test_sim_kernel.py).
+
+Speed (about one event per packet): a packet over a pod's own veth is
+handled at once at its arrival time (`_to_host`), so is one a node only
+forwards (`_to_transit`); retransmission timers become events only once a
+packet of their connection is lost (see "retransmission timers"). Each rule
+says when it is exact; otherwise every arrival and every timer is an event.
 """
 
 from __future__ import annotations
@@ -316,7 +324,8 @@ class Sim:
         spec = parse_netem(link) if link is not None else None
         if spec is not None and spec.slot_enabled:
             raise ValueError("netem `slot` releases packets at slot times; the simulation drives links with send()")
-        # Hosts handle packets from their own veth at once unless the link can reorder them.
+        # Hosts handle packets from their own veth at once unless the order of
+        # sends matters: jitter and reorder reorder, a rate queues.
         self.inline = spec is None or not (spec.jitter or spec.rate or spec.gap or spec.reorder)
         # Timers only on loss (see "retransmission timers") while a handshake
         # (at most MAX_HOPS links each way) fits in the first SYN's timeout.
