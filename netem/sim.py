@@ -22,9 +22,8 @@ What is modelled, and from where:
   RTT sample m plus max(2m, TCP_RTO_MIN = 200 ms) (tcp_input.c
   tcp_rtt_estimator, "make sure rto = 3*rtt": srtt = m, rttvar =
   max(2m, rto_min); __tcp_set_rto), doubling per retransmission up to
-  TCP_RTO_MAX (120 s), at most
-  `tcp_retries2` (15) times, a FIN after the application closed at most
-  `tcp_orphan_retries` (8) times. A RST (a closed port) or an ICMP error in
+  TCP_RTO_MAX (120 s), at most `tcp_retries2` (15) times, a FIN after
+  the application closed at most `tcp_orphan_retries` (8) times. A RST (a closed port) or an ICMP error in
   SYN_SENT fails the connect at once (tcp_ipv4.c tcp_v4_err, tcp_reset).
   The server answers every SYN with a SYN-ACK (a retransmitted SYN gets the
   SYN-ACK again, tcp_check_req); its own SYN-ACK timer is not modelled (the
