@@ -10,6 +10,9 @@ COMMANDS = [
     "rules",
     "trace",
     "demo",
+    "bench",
     "proxy",
     "routes",
+    "simulate",
+    "ingress",
 ]
