@@ -6,7 +6,7 @@ count them without walking them), a packet of an established flow at most
 0.5 us, a full render of 10k x 10 at most 1.5 s, a partial sync of one
 changed service among 10k at most 20 ms. Each decision also records the
 rules it counted and the kernel latency the calibrated cost model reads from
-that count (`proxy_modes/iptables/cost.py`).
+that count (`proxy_modes/netfilter/cost.py`).
 
 Sizes come from benchmarks/conftest.py (only the smallest under
 `--benchmark-disable`); each size's cluster and synced mode are built once
@@ -25,9 +25,9 @@ import pytest
 from kubenetem.scenarios import synthetic_cluster
 from netem.packet import ACK, SYN, TCP, Packet
 from proxy_modes.base import Decision, Verdict
-from proxy_modes.iptables import cost
-from proxy_modes.iptables.mode import IptablesMode
+from proxy_modes.iptables.engine import IptablesMode
 from proxy_modes.iptables.rules import Renderer
+from proxy_modes.netfilter import cost
 from proxy_modes.view import NodeView, ServicePortInfo, build_state, node_view
 
 ENDPOINTS = 10

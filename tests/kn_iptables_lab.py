@@ -22,8 +22,8 @@ import yaml
 
 from netem.cluster import load_cluster
 from netem.netns import Host, Topology
+from proxy_modes.iptables.engine import IptablesMode
 from proxy_modes.iptables.kernel import KernelIptables, load_node
-from proxy_modes.iptables.mode import IptablesMode
 from proxy_modes.view import NodeView, build_state, node_view
 
 NODE_IP = "192.168.0.2"

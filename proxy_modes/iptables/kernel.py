@@ -20,9 +20,10 @@ from dataclasses import dataclass
 
 from netem.addr import int_to_ip
 from netem.netns import Host, Topology
+from proxy_modes.netfilter import syntax
 from proxy_modes.view import NodeView
 
-from . import rules, syntax
+from . import rules
 
 BACKENDS = {
     "nft": ("iptables-nft-restore", "iptables-nft-save"),
@@ -114,7 +115,7 @@ def measure_curve(
 
     from netem.packet import Packet
 
-    from .mode import IptablesMode
+    from .engine import IptablesMode
 
     points = []
     for count, view in views:
@@ -190,7 +191,7 @@ def one_endpoint_view(services: int) -> NodeView:
 
 def calibrate(counts: list[int], backends: list[str], connects: int = 300) -> str:
     """Measure the curve on this kernel and print it as cost.py's constants."""
-    from . import cost
+    from proxy_modes.netfilter import cost
 
     out = []
     for backend in backends:

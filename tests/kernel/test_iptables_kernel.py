@@ -24,8 +24,8 @@ from netem.addr import int_to_ip, parse_ip
 from netem.netns import Host
 from netem.packet import ACK, SYN, TCP, UDP, Packet
 from proxy_modes.base import Verdict
-from proxy_modes.iptables import syntax
 from proxy_modes.iptables.kernel import by_chain
+from proxy_modes.netfilter import syntax
 
 pytestmark = pytest.mark.kernel
 BACKENDS = ["nft", "legacy"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy_modes.iptables import cost
+from proxy_modes.netfilter import cost
 
 
 def test_fit_recovers_a_line() -> None:

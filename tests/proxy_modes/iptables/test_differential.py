@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from netem.addr import parse_ip
 from netem.packet import ACK, SYN, TCP, UDP, Packet
-from proxy_modes.iptables import syntax
-from proxy_modes.iptables.engine import Netfilter
+from proxy_modes.netfilter import syntax
+from proxy_modes.netfilter.engine import Netfilter
 
 ADDRS = ["10.0.0.1", "10.0.0.2", "10.180.0.1", "10.180.0.2", "172.30.0.1", "172.30.0.2", "192.168.0.2", "203.0.113.9"]
 NETS = ["10.0.0.0/8", "172.30.0.0/16", "10.180.0.0/24", "0.0.0.0/0", "203.0.113.0/25"]

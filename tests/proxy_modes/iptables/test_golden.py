@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from kn_iptables_views import ep, port, state, view
 
-from proxy_modes.iptables import rules, syntax
+from proxy_modes.iptables import rules
+from proxy_modes.netfilter import syntax
 
 GOLDEN = """
 *filter

@@ -13,8 +13,8 @@ import pytest
 from netem.addr import parse_ip
 from netem.packet import ACK, SYN, TCP, UDP, Packet
 from proxy_modes.base import Verdict
-from proxy_modes.iptables import xt
-from proxy_modes.iptables.engine import Netfilter, SimpleSet
+from proxy_modes.netfilter import xt
+from proxy_modes.netfilter.engine import Netfilter, SimpleSet
 
 NODE = parse_ip("192.168.0.2")
 
@@ -241,7 +241,7 @@ def test_sctp_services_are_walked_like_tcp_ones() -> None:
     """SCTP is rendered and walked (the kernel here has no SCTP sockets, so it is not sent)."""
     from kn_iptables_views import ep, port, state, view
 
-    from proxy_modes.iptables.mode import IptablesMode
+    from proxy_modes.iptables.engine import IptablesMode
 
     svc = port("ns", "sig", "172.30.0.40", 3868, "diameter", "SCTP")
     mode = IptablesMode(random.Random(0))

@@ -15,8 +15,8 @@ from netem.addr import parse_ip
 from netem.packet import TCP, UDP, Packet
 from proxy_modes import registry
 from proxy_modes.base import ProxyMode, Verdict
-from proxy_modes.iptables import syntax
-from proxy_modes.iptables.mode import IptablesMode
+from proxy_modes.iptables.engine import IptablesMode
+from proxy_modes.netfilter import syntax
 
 EXAMPLES = str(Path(__file__).resolve().parents[3] / "examples")
 

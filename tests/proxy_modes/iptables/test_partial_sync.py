@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kn_iptables_views import ep, port, state, view
 
-from proxy_modes.iptables import rules, syntax
-from proxy_modes.iptables.mode import IptablesMode
+from proxy_modes.iptables import rules
+from proxy_modes.iptables.engine import IptablesMode
+from proxy_modes.netfilter import syntax
 from proxy_modes.view import ProxyState, ServiceEntry
 
 NAMES = [f"svc{i}" for i in range(6)]
