@@ -41,14 +41,17 @@ import heapq
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
-from netem.addr import Cidr, int_to_ip, parse_ip
+from netem.addr import int_to_ip, parse_ip
 from netem.errors import RulesetError, UsageError
 from netem.packet import ACK, FIN, RST, SYN, TCP, UDP, Packet, proto_name
+from proxy_modes.netfilter.cost import DEFAULT as KERNEL_COST
+from proxy_modes.netfilter.engine import V_ACCEPT, V_DROP, V_REJECT
 
 from ..base import Decision, Reach, Ruleset, Step, Trace, Verdict
 from ..view import NodeView
 from . import formats
-from .rules import CLUSTER, EXTERNAL, LOADBALANCER, NODEPORT, IPSet, IpvsState, VirtualServerSpec, build_state
+from .hooks import OPENS, NodeRules, Walked
+from .rules import IPSet, IpvsState, VirtualServerSpec, build_state
 from .schedulers import ADD, DEL, F_PERSISTENT, UPD, Dest, Scheduler, make_scheduler
 
 if TYPE_CHECKING:
@@ -89,8 +92,20 @@ TCP_STATES: tuple[tuple[int, ...], ...] = (
 )
 
 
-# A TCP segment schedules a connection only as a pure SYN (tcp_conn_schedule).
-_SCHED_FLAGS = SYN | ACK | RST | FIN
+# tcp_conn_schedule(): a TCP segment schedules a connection when it has SYN
+# and not RST ("no !th->ack check to allow scheduling on SYN+ACK").
+_SYN_RST = SYN | RST
+_VERDICTS = {V_ACCEPT: Verdict.DNAT, V_DROP: Verdict.DROP, V_REJECT: Verdict.REJECT}
+_NOT_WALKED = Walked(V_ACCEPT, 0, -1, False)  # no rules known (a captured table): no conntrack lookup either
+# TCP flags whose walk is the SYN's: IPVS schedules them and conntrack opens
+# an entry (a SYN+ACK is scheduled too, but conntrack finds it INVALID, so its
+# walk differs: it is never cached).
+_CACHED_FLAGS = tuple(f & _SYN_RST == SYN and OPENS[f] for f in range(256))
+
+
+def _opens(packet: Packet) -> bool:
+    """Whether this packet's walk may be cached under its key."""
+    return packet.proto != TCP or _CACHED_FLAGS[packet.flags & 0xFF]
 
 
 def tcp_state_idx(flags: int) -> int:
@@ -115,11 +130,16 @@ class Conn:
         "decision",
         "dest",
         "expires",
+        "first",
         "flow",
         "key",
         "n_control",
+        "plan",
         "proto",
         "queued",
+        "reopen",
+        "replied",
+        "reply",
         "state",
         "svc",
         "template",
@@ -140,7 +160,27 @@ class Conn:
         self.control: Conn | None = None
         self.n_control = 0
         self.queued = INF  # the timer bucket this entry waits in
-        self.decision: Decision | None = None
+        self.first: Packet | None = None  # the packet that opened it (what its walks depend on)
+        self.plan: Plan | None = None
+        self.decision: Decision | None = None  # for the client's packets (None: work it out)
+        self.reply: Decision | None = None  # for the server's replies
+        self.replied = False  # the server answered: conntrack's ESTABLISHED (SEEN_REPLY)
+        self.reopen = False  # closed so that conntrack would reopen it for a new SYN (see _old_conntrack)
+
+
+class Plan:
+    """The decisions of connections to one real server whose first packets
+    had the same walk key: the first packet's, and the client's later ones
+    before and after the server answered. Made once, reused while the rules
+    stay (the sync clears them)."""
+
+    __slots__ = ("est", "est_replied", "masquerade", "new")
+
+    def __init__(self, new: Decision, est: Decision, est_replied: Decision, masquerade: bool) -> None:
+        self.new = new
+        self.est = est
+        self.est_replied = est_replied
+        self.masquerade = masquerade
 
 
 class Service:
@@ -155,6 +195,7 @@ class Service:
         "local",
         "netmask",
         "port",
+        "pre",
         "proto",
         "sched",
         "sched_name",
@@ -175,6 +216,9 @@ class Service:
         self.dests: list[Dest] = []
         self.dest_index: dict[tuple[int, int], Dest] = {}
         self.stats = [0, 0, 0, 0, 0]
+        # Per walk key: (reached IPVS?, the decision: the rules' DROP/REJECT, or
+        # IPVS's REJECT when no server is available).
+        self.pre: dict[object, tuple[bool, Decision]] = {}
         try:
             self.sched: Scheduler = make_scheduler(spec.scheduler, spec.flags)
         except KeyError:
@@ -220,8 +264,12 @@ class IpvsMode:
 
     name = "ipvs"
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, literal: bool = False) -> None:
         self.rng = rng
+        self.literal = literal  # walk every packet through the rules (the differential test's reference)
+        self.hooks: NodeRules | None = None
+        self._key: Any = None  # hooks.new_key when the walks can be cached
+        self._reply_key: Any = None
         self.services: dict[tuple[int, int, int], Service] = {}
         self.conns: dict[tuple[int, ...], Conn] = {}
         self.templates: dict[tuple[int, ...], Conn] = {}
@@ -232,8 +280,6 @@ class IpvsMode:
         self.timeouts: list[float] = list(TCP_TIMEOUTS)
         self.udp_timeout: float = UDP_TIMEOUT
         self.state: IpvsState | None = None
-        self.cluster_cidrs: tuple[Cidr, ...] = ()
-        self.masquerade_all = False
         self.local_ips: set[int] = set()
         self.graceful: dict[tuple[tuple[int, int, int], tuple[int, int]], float] = {}
         self._captured = False
@@ -264,9 +310,10 @@ class IpvsMode:
 
     def _apply_state(self, state: IpvsState, now: float = 0.0) -> None:
         self.state = state
-        self.cluster_cidrs = state.cluster_cidrs
-        self.masquerade_all = state.masquerade_all
         self.local_ips = set(state.node_ips) | set(state.addresses)
+        # The VIPs on kube-ipvs0 are the node's own addresses to the rules (addrtype LOCAL).
+        self.hooks = NodeRules(state.iptables, [*state.node_ips, *state.addresses], state.ipsets, self.literal)
+        self._key, self._reply_key = self.hooks.new_key, self.hooks.reply_key
         tcp, tcpfin, udp = state.timeouts
         if tcp:
             self.timeouts[ES] = tcp
@@ -286,6 +333,19 @@ class IpvsMode:
                 svc = self.services[key] = Service(spec)
             svc.timeout, svc.spn, svc.kind, svc.local = spec.timeout, spec.spn, spec.kind, spec.local
             self._sync_dests(svc, spec, now)
+        self._forget_walks()
+
+    def _forget_walks(self) -> None:
+        """New rules and sets: every cached walk and connection decision is
+        worked out again when next needed (later packets walk the new filter
+        rules, as in the kernel; the NAT a connection got stays)."""
+        for svc in self.services.values():
+            svc.pre.clear()
+            for d in svc.dests:
+                d.decisions.clear()
+                d.replies.clear()
+        for cp in self.conns.values():
+            cp.plan = cp.decision = cp.reply = None
 
     def _sync_dests(self, svc: Service, spec: VirtualServerSpec, now: float) -> None:
         want = {(a, p): w for a, p, w in spec.dests}
@@ -413,42 +473,45 @@ class IpvsMode:
         flow = packet[:5]
         cp = self.conns.get(flow)
         if cp is not None:
-            return self._existing(cp, packet, now, flow)
+            return self._existing(cp, packet, now, flow, None)
         return self._new_fast(packet, now, flow)
 
     def _new_fast(self, packet: Packet, now: float, flow: tuple[int, ...]) -> Decision:
-        """`_new` without a trace, for the common case (a SYN or datagram to
-        a virtual service whose scheduler finds a server), with its helpers
-        inlined; the hot path of every new flow. The rare cases (no service,
-        not a SYN, no server) go through `_new`, which states each step."""
+        """`_new` without a trace for the common case, with its helpers
+        inlined: a packet that can open a connection, to a virtual service,
+        whose walk key was seen before (so the rules' part is known). Every
+        other case goes through `_new`, which walks and fills the caches."""
         proto = flow[0]
         svc = self.services.get((proto, flow[3], flow[4]))
-        if svc is None or (proto == TCP and packet.flags & _SCHED_FLAGS != SYN):
+        key_fn = self._key
+        if svc is None or key_fn is None or (proto == TCP and not _CACHED_FLAGS[packet.flags & 0xFF]):
             return self._new(packet, now, flow, None)
+        key = key_fn(packet)
+        pre = svc.pre.get(key)
+        if pre is None:
+            return self._new(packet, now, flow, None)
+        if not pre[0]:
+            return pre[1]  # the rules dropped or rejected it before IPVS
         if svc.flags & F_PERSISTENT:
             dest, ct = self._persist(svc, flow[1], flow[2], flow[3], now, None)
-            lookups = 3
         else:
             dest = svc.sched.schedule(svc.dests, flow[1], flow[2], flow[3])
             ct = None
-            lookups = 2
         if dest is None:
-            return Decision(Verdict.REJECT, lookups=lookups, service=svc.spn)
+            return pre[1]  # ip_vs_leave: ICMP port unreachable
+        plan = dest.decisions.get(key)
+        if plan is None:
+            plan = dest.decisions[key] = self._make_plan(svc, dest, packet, now, None)
         cp = Conn(flow, dest, svc)
+        cp.first = packet
+        cp.plan = plan
+        cp.decision = plan.est
         dest.inactive += 1  # dest.bound(False, False)
         if dest.u_threshold and dest.total() >= dest.u_threshold:
             dest.overloaded = True
         if ct is not None:
             cp.control = ct
             ct.n_control += 1
-        masq = self._masquerade(svc, packet, dest)
-        pair = dest.decisions.get(masq + lookups * 2)
-        if pair is None:
-            pair = dest.decisions[masq + lookups * 2] = (
-                self._decision(dest, svc, masq, False, lookups),
-                self._decision(dest, svc, masq, True, lookups),
-            )
-        cp.decision = pair[1]  # type: ignore[index]
         conns = self.conns
         conns[flow] = cp
         if self.track_replies:
@@ -474,37 +537,121 @@ class IpvsMode:
         st[0] += 1
         st[1] += 1
         st[3] += packet.length
-        return pair[0]  # type: ignore[index]
+        return plan.new
 
-    def _existing(self, cp: Conn, packet: Packet, now: float, flow: tuple[int, ...]) -> Decision:
-        direction = INPUT if cp.key == flow else OUTPUT
+    def _existing(
+        self, cp: Conn, packet: Packet, now: float, flow: tuple[int, ...], steps: list[Step] | None
+    ) -> Decision:
+        """ip_vs_in_hook / ip_vs_out_hook for a packet of a known connection."""
         d = cp.dest
         flags = packet.flags
-        if direction == INPUT:
+        if cp.key == flow:
+            if flags & SYN and cp.proto == TCP:  # is_new_conn()
+                again = self._reuse(cp, packet, now, flow, steps)
+                if again is not None:
+                    return again
             if not d.available:
-                # expire_nodest_conn: the server was removed.
-                self._unlink(cp)
-                return Decision(Verdict.DROP, lookups=1)
-            if cp.proto == TCP and flags & SYN and not flags & ACK and (cp.state == TW or d.weight == 0):
-                # conn_reuse_mode: a new connection on an old tuple is scheduled afresh.
-                if not cp.n_control:
-                    self._unlink(cp)
-                return self._new(packet, now, flow, None)
+                return self._no_dest(cp, packet, now, flow, steps)
+            if cp.proto == TCP:
+                self._tcp_state(cp, INPUT, flags)
+            else:
+                cp.timeout = self.udp_timeout
+            self._arm(cp, now)
+            st = d.stats
+            st[1] += 1
+            st[3] += packet.length
+            dec = cp.decision
+            if dec is None or steps is not None:
+                dec = self._client_decision(cp, packet, now, steps)
+            return dec
         if cp.proto == TCP:
-            self._tcp_state(cp, direction, flags)
+            self._tcp_state(cp, OUTPUT, flags)
         else:
             cp.timeout = self.udp_timeout
         self._arm(cp, now)
         st = d.stats
-        if direction == INPUT:
-            st[1] += 1
-            st[3] += packet.length
-        else:
-            st[2] += 1
-            st[4] += packet.length
-        dec = cp.decision
-        assert dec is not None
+        st[2] += 1
+        st[4] += packet.length
+        if not cp.replied:
+            cp.replied = True  # conntrack saw the reply: the client's packets are ESTABLISHED now
+            cp.decision = None
+        dec = cp.reply
+        if dec is None or steps is not None:
+            dec = self._server_decision(cp, now, steps)
         return dec
+
+    def _reuse(
+        self, cp: Conn, packet: Packet, now: float, flow: tuple[int, ...], steps: list[Step] | None
+    ) -> Decision | None:
+        """ip_vs_in_hook for a SYN that finds a connection (kube-proxy runs
+        with expire_nodest_conn=1, conn_reuse_mode=1, conntrack=1): a server
+        quiesced to weight 0, or a connection in TIME_WAIT/CLOSE that no
+        template controls (is_new_conn_expected), is rescheduled. But when the
+        node's conntrack entry for the tuple is the old, confirmed one
+        (ip_vs_conn_uses_old_conntrack), the SYN is dropped while the
+        connection (and that entry) expire: the client's retransmitted SYN,
+        a second later, is scheduled afresh. None: the SYN follows `cp`."""
+        if cp.dest.weight == 0:
+            old = self._old_conntrack(cp)
+        elif cp.control is None and cp.state in (TW, CL):
+            old = self._old_conntrack(cp)
+            if cp.n_control and old:
+                return None  # a controlling connection on an old conntrack entry is kept
+        else:
+            return None
+        if not cp.n_control:
+            self._unlink(cp)  # ip_vs_conn_expire_now
+        if old:
+            if steps is not None:
+                why = "its server is quiesced (weight 0)" if cp.dest.weight == 0 else "it is closing"
+                steps.append(
+                    Step(
+                        "conntrack",
+                        f"SYN on the IPVS connection to {cp.dest.text} ({self._state_name(cp)}): {why}, so it "
+                        "is expired, but the node's conntrack entry for this tuple is the old, confirmed one: "
+                        "the SYN is dropped (the client's retransmission is scheduled afresh)",
+                    )
+                )
+            return self._dropped(cp, packet, now, steps)
+        if steps is not None:
+            steps.append(Step("conntrack", f"SYN on a finished IPVS connection to {cp.dest.text}: scheduled afresh"))
+        return self._new(packet, now, flow, steps)
+
+    def _no_dest(
+        self, cp: Conn, packet: Packet, now: float, flow: tuple[int, ...], steps: list[Step] | None
+    ) -> Decision:
+        """ip_vs_in_hook, "the destination server is not available" with
+        expire_nodest_conn=1: the connection expires; the packet is dropped
+        while its conntrack entry is the old one (any packet but a SYN that
+        conntrack reopens), else it is scheduled afresh."""
+        old = not (packet.flags & SYN) or self._old_conntrack(cp)
+        self._unlink(cp)
+        if old:
+            if steps is not None:
+                steps.append(Step("conntrack", f"the connection's server {cp.dest.text} was removed: expired, dropped"))
+            return self._dropped(cp, packet, now, steps)
+        return self._new(packet, now, flow, steps)
+
+    def _old_conntrack(self, cp: Conn) -> bool:
+        """ip_vs_conn_uses_old_conntrack(): is the node's conntrack entry for
+        the SYN's tuple still the confirmed one? nf_conntrack deletes and
+        opens afresh (unconfirmed) an entry in TIME_WAIT, or in CLOSE after a
+        FIN or a reset from the client (nf_conntrack_proto_tcp.c tcp_packet,
+        "attempt to reopen a closed/aborted connection"); in any other state
+        the SYN is ignored and the old entry stays. The IPVS connection's
+        own state stands for conntrack's: both follow the same segments."""
+        return not (cp.state == TW or (cp.state == CL and cp.reopen))
+
+    def _dropped(self, cp: Conn, packet: Packet, now: float, steps: list[Step] | None) -> Decision:
+        """DROP by IPVS: the rules before its hook were walked (the nat table
+        not: conntrack knows the tuple)."""
+        hooks = self.hooks
+        masq = cp.plan.masquerade if cp.plan is not None else False
+        w = _NOT_WALKED
+        if hooks is not None:
+            w = hooks.later(packet, (cp.dest.addr, cp.dest.port), cp.replied, masq, now, steps, until_ipvs=True)
+        dec = self._made(w, None, cp.svc.spn, 1, True)
+        return Decision(Verdict.DROP, None, False, dec.rules, dec.lookups, cp.svc.spn, True)
 
     def _tcp_state(self, cp: Conn, direction: int, flags: int) -> None:
         """set_tcp_state(): next state from the table; leaving or entering
@@ -522,24 +669,44 @@ class IpvsMode:
                 d.active += 1
                 d.inactive -= 1
                 cp.active = True
+            if new == CL:
+                # conntrack reopens a CLOSE entry for a new SYN after a FIN, or a reset from the client.
+                cp.reopen = idx == 1 or cp.state in (FW, CW, LA, TW) or (idx == 3 and direction == INPUT)
         cp.state = new
         cp.timeout = self.timeouts[new]
 
     def _new(self, packet: Packet, now: float, flow: tuple[int, ...], trace: list[Step] | None) -> Decision:
-        proto, src, sport, dst, dport = flow
-        svc = self.services.get((proto, dst, dport))
+        """A packet without an IPVS connection, every step stated: the rules
+        before IPVS, the virtual service, the scheduler, the rules after."""
+        proto = flow[0]
+        hooks = self.hooks
+        key = self._key(packet) if self._key is not None and _opens(packet) else None
+        svc = self.services.get((proto, flow[3], flow[4]))
+        if hooks is not None:
+            verdict, st = hooks.first(packet, now, trace)
+            if verdict != V_ACCEPT or not hooks.reaches_ipvs(st):
+                if verdict == V_ACCEPT:  # forwarded: IPVS never sees it
+                    verdict = hooks.passed(st)
+                w = Walked(verdict, st.rules, st.lookups, st.snat is not None)
+                dec = self._made(w, st.dnat, svc.spn if svc is not None else None, 0, False)
+                if svc is not None and key is not None:
+                    svc.pre[key] = (False, dec)
+                return dec
+            dst, dport = st.dst, st.dport
+            svc = self.services.get((proto, dst, dport))
+        else:
+            st = None
+            dst, dport = flow[3], flow[4]
+        lookups = 2  # the connection table, then the virtual services
         if svc is None:
             if trace is not None:
                 trace.append(Step("lookup", f"no virtual service {proto_name(proto).upper()} {int_to_ip(dst)}:{dport}"))
-            return Decision(Verdict.ACCEPT, lookups=2)
-        if proto == TCP and (not packet.flags & SYN or packet.flags & (ACK | RST | FIN)):
-            # tcp_conn_schedule(): only a SYN opens a connection.
-            if trace is not None:
-                trace.append(Step("note", "not a SYN and no connection: IPVS does not schedule it"))
-            return Decision(Verdict.ACCEPT, lookups=2, service=svc.spn)
+            return self._passed(st, lookups, None)
+        if proto == TCP and packet.flags & _SYN_RST != SYN:
+            return self._not_scheduled(st, svc, packet, trace)
         if trace is not None:
             trace.append(Step("lookup", f"virtual service {svc.text()} {svc.sched_name}", {"service": str(svc.spn)}))
-        lookups = 2
+        src, sport = flow[1], flow[2]
         if svc.flags & F_PERSISTENT:
             lookups += 1
             dest, ct = self._persist(svc, src, sport, dst, now, trace)
@@ -548,17 +715,29 @@ class IpvsMode:
             if trace is not None:
                 trace.append(self._explain_step(svc, src, sport, dst))
             dest = svc.sched.schedule(svc.dests, src, sport, dst)
+        before = Walked(V_REJECT, 0, -1, False) if st is None else Walked(V_REJECT, st.rules, st.lookups, False)
+        reject = self._made(before, None, svc.spn, lookups, False)
+        if key is not None:
+            svc.pre[key] = (True, reject)
         if dest is None:
             if trace is not None:
                 trace.append(Step("schedule", "no destination available: ICMP port unreachable"))
-            return Decision(Verdict.REJECT, lookups=lookups, service=svc.spn)
+            return reject
+        if key is not None and trace is None and st is not None:
+            plan = dest.decisions.get(key)
+            if plan is None:
+                plan = dest.decisions[key] = self._make_plan(svc, dest, packet, now, st)
+        else:
+            plan = self._make_plan(svc, dest, packet, now, st)
         cp = Conn(flow, dest, svc)
+        cp.first = packet
+        cp.plan = plan
+        if key is not None:
+            cp.decision = plan.est
         dest.bound(False, False)
         if ct is not None:
             cp.control = ct
             ct.n_control += 1
-        masq = self._masquerade(svc, packet, dest)
-        cp.decision = self._decision(dest, svc, masq, True, lookups)
         self.conns[flow] = cp
         if self.track_replies:
             self.conns[reply_key(cp)] = cp
@@ -569,23 +748,123 @@ class IpvsMode:
         else:
             cp.timeout = self.udp_timeout
         self._arm(cp, now)
-        st = dest.stats
-        st[0] += 1
-        st[1] += 1
-        st[3] += packet.length
-        return self._decision(dest, svc, masq, False, lookups)
+        stats = dest.stats
+        stats[0] += 1
+        stats[1] += 1
+        stats[3] += packet.length
+        return plan.new
 
-    def _decision(self, dest: Dest, svc: Service, masq: bool, established: bool, lookups: int) -> Decision:
-        """The Decision for this server, built once: a server belongs to one
-        service, so only masquerading and new/established vary."""
-        cache = dest.decisions
-        key = (masq, established, lookups)
-        dec = cache.get(key)
-        if dec is None:
-            dec = cache[key] = Decision(
-                Verdict.DNAT, (dest.addr, dest.port), masq, 0, 1 if established else lookups, svc.spn, established
-            )
-        return dec  # type: ignore[return-value]
+    def _make_plan(self, svc: Service, dest: Dest, packet: Packet, now: float, st: Any) -> Plan:
+        """Walk the rules for a connection to `dest` opened by `packet`: its
+        first packet's way out of IPVS (continuing `st`, the walk up to IPVS,
+        when given), and the client's later packets, before and after the
+        server's answer."""
+        ep = (dest.addr, dest.port)
+        lookups = 3 if svc.flags & F_PERSISTENT else 2
+        hooks = self.hooks
+        if hooks is None:
+            est = Decision(Verdict.DNAT, ep, False, 0, 1, svc.spn, True)
+            return Plan(Decision(Verdict.DNAT, ep, False, 0, lookups, svc.spn), est, est, False)
+        if st is None:
+            _, st = hooks.first(packet, now, None)
+        verdict = hooks.after(st, ep)
+        w = Walked(verdict, st.rules, st.lookups, st.snat is not None)
+        masq = w.masquerade
+        est = self._made(hooks.later(packet, ep, False, masq, now), ep, svc.spn, 1, True)
+        replied = self._made(hooks.later(packet, ep, True, masq, now), ep, svc.spn, 1, True)
+        return Plan(self._made(w, ep, svc.spn, lookups, False), est, replied, masq)
+
+    def _made(
+        self, w: Walked, endpoint: tuple[int, int] | None, spn: Any, ipvs_lookups: int, established: bool
+    ) -> Decision:
+        """A Decision from a walk: its verdict (ACCEPT with an endpoint is
+        IPVS's DNAT), its rules, and the lookups: conntrack's and each ipset
+        test, plus IPVS's own (connection table, service, template)."""
+        lookups = ipvs_lookups + (0 if w.lookups < 0 else 1 + w.lookups)
+        if w.verdict == V_ACCEPT and endpoint is not None:
+            return Decision(Verdict.DNAT, endpoint, w.masquerade, w.rules, lookups, spn, established)
+        verdict = Verdict.ACCEPT if w.verdict == V_ACCEPT else _VERDICTS[w.verdict]
+        return Decision(verdict, None, False, w.rules, lookups, spn, established)
+
+    def _passed(self, st: Any, lookups: int, spn: Any) -> Decision:
+        """IPVS let the packet go on (not a virtual service's)."""
+        if st is None or self.hooks is None:
+            return Decision(Verdict.ACCEPT, lookups=lookups, service=spn)
+        verdict = self.hooks.passed(st)
+        return self._made(Walked(verdict, st.rules, st.lookups, st.snat is not None), None, spn, lookups, False)
+
+    def _not_scheduled(self, st: Any, svc: Service, packet: Packet, trace: list[Step] | None) -> Decision:
+        """A TCP segment without SYN (or with RST) and no connection:
+        tcp_conn_schedule() does not schedule it and ip_vs_try_to_schedule()
+        lets it go on (NF_ACCEPT) to the node's own stack. The VIP is a local
+        address there (kube-ipvs0) but nothing listens on it, so tcp_v4_rcv
+        finds no socket and answers with a RST (tcp_v4_send_reset); a RST
+        itself is dropped without answer. The protocol has no RST verdict;
+        REJECT (the client is refused at once, no endpoint) is the closest:
+        ACCEPT would claim a delivery and DROP a silence, while the kernel
+        answers. So: REJECT, or DROP for a RST."""
+        dec = self._passed(st, 2, svc.spn)
+        if trace is not None:
+            trace.append(Step("note", "not a SYN and no IPVS connection: IPVS does not schedule it; the node's "
+                              "TCP stack has no socket for the VIP and answers " +
+                              ("nothing (a RST is not answered)" if packet.flags & RST else "with a RST")))  # fmt: skip
+        if dec.verdict is not Verdict.ACCEPT:
+            return dec  # the rules after IPVS dropped it first
+        verdict = Verdict.DROP if packet.flags & RST else Verdict.REJECT
+        return Decision(verdict, None, False, dec.rules, dec.lookups, svc.spn)
+
+    def _client_decision(self, cp: Conn, packet: Packet, now: float, steps: list[Step] | None) -> Decision:
+        """A later packet from the client: the rules' filter chains around
+        IPVS (cached per real server and walk key, unless tracing or
+        walking every packet)."""
+        dest = cp.dest
+        ep = (dest.addr, dest.port)
+        plan = cp.plan
+        masq = plan.masquerade if plan is not None else False
+        hooks = self.hooks
+        first = cp.first if cp.first is not None else packet
+        if hooks is None:
+            dec = Decision(Verdict.DNAT, ep, masq, 0, 1, cp.svc.spn, True)
+        elif steps is None and self._key is not None and _opens(first):
+            key = self._key(first)
+            fresh = dest.decisions.get(key)
+            if fresh is None:
+                fresh = dest.decisions[key] = self._make_plan(cp.svc, dest, first, now, None)
+            if fresh.masquerade == masq:
+                dec = fresh.est_replied if cp.replied else fresh.est
+            else:  # the rules changed their mind about SNAT; the connection keeps its NAT
+                dec = self._made(hooks.later(first, ep, cp.replied, masq, now), ep, cp.svc.spn, 1, True)
+            cp.decision = dec
+            return dec
+        else:
+            w = hooks.later(first._replace(flags=packet.flags), ep, cp.replied, masq, now, steps)
+            dec = self._made(w, ep, cp.svc.spn, 1, True)
+        if self._key is not None and steps is None:
+            cp.decision = dec
+        return dec
+
+    def _server_decision(self, cp: Conn, now: float, steps: list[Step] | None) -> Decision:
+        """A reply from the real server (cached per real server and reply key)."""
+        dest = cp.dest
+        ep = (dest.addr, dest.port)
+        masq = cp.plan.masquerade if cp.plan is not None else False
+        hooks = self.hooks
+        if hooks is None:
+            return Decision(Verdict.DNAT, ep, masq, 0, 1, cp.svc.spn, True)
+        proto, client, cport = cp.flow[0], cp.flow[1], cp.flow[2]
+        local = bool(cp.first.local) if cp.first is not None else False
+        key = None
+        if self._reply_key is not None and steps is None:
+            key = self._reply_key(client, cport, local, masq)
+            dec = dest.replies.get(key)
+            if dec is not None:
+                cp.reply = dec
+                return dec
+        w = hooks.reply(proto, ep, (client, cport), local, masq, now, steps)
+        dec = self._made(w, ep, cp.svc.spn, 1, True)
+        if key is not None:
+            dest.replies[key] = cp.reply = dec
+        return dec
 
     def _persist(
         self, svc: Service, src: int, sport: int, dst: int, now: float, trace: list[Step] | None
@@ -632,29 +911,14 @@ class IpvsMode:
         ct.key = None
         return False
 
-    def _masquerade(self, svc: Service, packet: Packet, dest: Dest) -> bool:
-        """Whether the iptables rules kube-proxy installs mark this new
-        connection for SNAT (KUBE-MARK-MASQ) or the hairpin set matches.
-
-        Stand-in until the iptables engine (issue 3) walks rules.iptables
-        with these ipsets; it states the same rules in code."""
-        src = packet.src
-        if (src >> 24) == 127:
-            return False
-        if dest.addr == src:
-            return True  # KUBE-LOOP-BACK: a pod reaching itself through the service
-        if self.masquerade_all:
-            return True
-        kind = svc.kind
-        if kind == CLUSTER:
-            if self.cluster_cidrs:
-                return src not in self.cluster_cidrs[0]
-            return False
-        if kind == EXTERNAL:
-            return not svc.local
-        if kind in (LOADBALANCER, NODEPORT):
-            return not svc.local
-        return False
+    def modeled_latency_us(self, decision: Decision) -> float:
+        """What the kernel would take for this decision: the calibrated
+        netfilter model (proxy_modes/netfilter/cost.py) for the rules walked.
+        IPVS's own lookups (connection table, virtual service, template) are
+        O(1) hash lookups like conntrack's, whose cost the model's base (a
+        connect's round trip through the node) already holds; this kernel has
+        no IPVS to measure more finely."""
+        return KERNEL_COST.latency_us(decision.rules)
 
     # --- tracing ------------------------------------------------------------
 
@@ -677,7 +941,7 @@ class IpvsMode:
                     {"state": self._state_name(cp)},
                 )
             )
-            decision = self._existing(cp, packet, now, flow)
+            decision = self._existing(cp, packet, now, flow, steps)
         else:
             decision = self._new(packet, now, flow, steps)
         if svc is not None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from math import gcd
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from netem.addr import int_to_ip
 
@@ -55,6 +55,7 @@ class Dest:
         "overloaded",
         "persist",
         "port",
+        "replies",
         "stats",
         "u_threshold",
         "weight",
@@ -75,8 +76,10 @@ class Dest:
         self._text = ""
         # conns, inpkts, outpkts, inbytes, outbytes (ip_vs_stats)
         self.stats = [0, 0, 0, 0, 0]
-        # Decisions the engine reuses for this destination (see engine.py).
-        self.decisions: dict[object, object] = {}
+        # Decisions the engine reuses for this destination (see engine.py):
+        # per walk key of a connection's first packet, and of a reply.
+        self.decisions: dict[Any, Any] = {}
+        self.replies: dict[Any, Any] = {}
 
     @property
     def text(self) -> str:

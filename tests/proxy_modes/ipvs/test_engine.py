@@ -98,9 +98,20 @@ def test_rst_moves_to_close_with_ten_seconds(mode: IpvsMode) -> None:
     assert syn(1000)[:5] not in mode.conns
 
 
-def test_non_syn_without_connection_is_not_scheduled(mode: IpvsMode) -> None:
+def test_non_syn_without_connection_is_answered_by_the_node_stack(mode: IpvsMode) -> None:
+    # tcp_conn_schedule: not scheduled; the VIP is local, no socket: the stack
+    # answers with a RST, which the protocol reports as REJECT (no endpoint)...
     d = mode.route(syn(1000, flags=ACK), 0.0)
-    assert d.verdict is Verdict.ACCEPT and d.endpoint is None
+    assert d.verdict is Verdict.REJECT and d.endpoint is None and not mode.conns
+    # ... and a RST that finds nothing is not answered at all.
+    assert mode.route(syn(1001, flags=RST), 0.0).verdict is Verdict.DROP
+    assert mode.route(syn(1002, flags=SYN | RST), 0.0).verdict is Verdict.DROP and not mode.conns
+
+
+def test_syn_ack_is_scheduled_like_a_syn(mode: IpvsMode) -> None:
+    # "No !th->ack check to allow scheduling on SYN+ACK for Active FTP"
+    d = mode.route(syn(1000, flags=SYN | ACK), 0.0)
+    assert d.verdict is Verdict.DNAT and syn(1000)[:5] in mode.conns
 
 
 def test_no_destination_is_icmp_port_unreachable(mode: IpvsMode) -> None:
