@@ -947,11 +947,15 @@ class IpvsMode:
         if svc is not None:
             reach = self._next_reach(svc, packet, now)
         verdict_text = {
-            Verdict.DNAT: f"DNAT to {decision.endpoint_text()} (IPVS masquerading forwarder)",
+            Verdict.DNAT: f"DNAT to {decision.endpoint_text()} (IPVS masquerading forwarder)"
+            + (", masqueraded to the node's address" if decision.masquerade else ""),
             Verdict.REJECT: "REJECT: ICMP port unreachable",
             Verdict.ACCEPT: "not an IPVS virtual service: accepted unchanged",
             Verdict.DROP: "DROP",
         }[decision.verdict]
+        if decision.verdict is Verdict.REJECT and cp is None and svc is not None and packet.proto == TCP:
+            if packet.flags & _SYN_RST != SYN:
+                verdict_text = "REJECT: the node's TCP stack answers with a RST (no socket on the VIP)"
         steps.append(Step("verdict", verdict_text))
         return Trace(self.name, packet, decision, reach, steps, affinity)
 
