@@ -953,9 +953,9 @@ class IpvsMode:
             Verdict.ACCEPT: "not an IPVS virtual service: accepted unchanged",
             Verdict.DROP: "DROP",
         }[decision.verdict]
-        if decision.verdict is Verdict.REJECT and cp is None and svc is not None and packet.proto == TCP:
-            if packet.flags & _SYN_RST != SYN:
-                verdict_text = "REJECT: the node's TCP stack answers with a RST (no socket on the VIP)"
+        answered_by_stack = cp is None and svc is not None and packet.proto == TCP and packet.flags & _SYN_RST != SYN
+        if decision.verdict is Verdict.REJECT and answered_by_stack:
+            verdict_text = "REJECT: the node's TCP stack answers with a RST (no socket on the VIP)"
         steps.append(Step("verdict", verdict_text))
         return Trace(self.name, packet, decision, reach, steps, affinity)
 
