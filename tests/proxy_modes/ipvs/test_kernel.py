@@ -17,7 +17,6 @@ import random
 import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
-
 from pathlib import Path
 
 import pytest
