@@ -7,8 +7,9 @@ Restated from net/netfilter/ipvs:
   virtual service by (protocol, address, port) and is scheduled
   (ip_vs_schedule), persistent services through ip_vs_sched_persist(). No
   destination means ICMP port unreachable (ip_vs_leave): verdict REJECT. A
-  TCP segment that is not a SYN and has no connection is not IPVS's: it goes
-  to the node's own stack, where nothing listens (ACCEPT, no DNAT).
+  TCP segment without SYN (or with RST) and no connection is not IPVS's: it
+  goes to the node's own stack, which answers with a RST (REJECT here; see
+  `_not_scheduled`).
 - ip_vs_conn.c: a new connection is counted as *inactive* on its server
   (__ip_vs_update_dest sets IP_VS_CONN_F_INACTIVE in the dest's conn flags)
   and becomes active when the TCP state machine reaches ESTABLISHED
@@ -23,15 +24,19 @@ Restated from net/netfilter/ipvs:
   0, with kube-proxy's expire_quiescent_template=1) is invalidated and a new
   server is scheduled.
 - expire_nodest_conn=1 (kube-proxy sets it): a packet of a connection whose
-  server was removed expires that connection and is dropped; conn_reuse_mode
-  (default 1): a new SYN on a connection in TIME_WAIT, or whose server has
-  weight 0, expires it and is scheduled afresh.
+  server was removed expires that connection and is dropped; a SYN on a
+  connection whose server has weight 0, or (conn_reuse_mode 1) in
+  TIME_WAIT/CLOSE without a template, expires it and is scheduled afresh,
+  unless the node's conntrack entry is the old one: then it is dropped
+  (`_reuse`, ip_vs_in_hook's old_ct).
+- Around IPVS, kube-proxy's iptables rules (hooks.py, walked by the shared
+  netfilter engine) decide masquerading and what the packet costs.
 
 The table is expired exactly, by `now`: a heap of (expiry, serial, conn)
 holds one entry per connection, re-pushed lazily when the timer moved, so a
-packet costs one comparison for it. Decisions are built once per
-(destination, masquerade) and per connection and reused, so the hot path
-allocates only the connection.
+packet costs one comparison for it. The rules' walks are cached per
+service and per real server under a key of the packet properties they can
+depend on (hooks.py), so the hot path allocates only the connection.
 """
 
 from __future__ import annotations
