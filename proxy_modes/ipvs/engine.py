@@ -108,6 +108,11 @@ _NOT_WALKED = Walked(V_ACCEPT, 0, -1, False)  # no rules known (a captured table
 _CACHED_FLAGS = tuple(f & _SYN_RST == SYN and OPENS[f] for f in range(256))
 
 
+def _no_key(packet: Packet) -> int:
+    """The walk key when there are no rules to walk (a captured table)."""
+    return 0
+
+
 def _opens(packet: Packet) -> bool:
     """Whether this packet's walk may be cached under its key."""
     return packet.proto != TCP or _CACHED_FLAGS[packet.flags & 0xFF]
@@ -124,6 +129,20 @@ def tcp_state_idx(flags: int) -> int:
     if flags & ACK:
         return 2
     return -1
+
+
+def _next_states(direction: int) -> tuple[tuple[int, ...], ...]:
+    """set_tcp_state()'s next state per TCP flags byte and current state, for
+    one direction (a segment with none of rst/syn/fin/ack moves to CLOSE)."""
+    rows = []
+    for flags in range(256):
+        idx = tcp_state_idx(flags)
+        rows.append((CL,) * len(TCP_STATE_NAMES) if idx < 0 else TCP_STATES[direction + idx])
+    return tuple(rows)
+
+
+NEXT_STATE = {INPUT: _next_states(INPUT), OUTPUT: _next_states(OUTPUT)}
+_IN_NEXT = NEXT_STATE[INPUT]
 
 
 class Conn:
@@ -151,22 +170,34 @@ class Conn:
         "timeout",
     )
 
-    def __init__(self, flow: tuple[int, ...], dest: Dest, svc: Service, template: bool = False) -> None:
+    def __init__(
+        self,
+        flow: tuple[int, ...],
+        dest: Dest,
+        svc: Service,
+        first: Packet | None = None,
+        plan: Plan | None = None,
+        state: int = NO,
+        timeout: float = 3.0,
+        expires: float = 0.0,
+        queued: float = INF,
+        template: bool = False,
+    ) -> None:
         self.flow = flow
         self.key: tuple[int, ...] | None = flow
         self.proto = flow[0]
         self.dest = dest
         self.svc = svc
+        self.first = first  # the packet that opened it (what its walks depend on)
+        self.plan = plan
+        self.state = state
+        self.timeout = timeout
+        self.expires = expires
+        self.queued = queued  # the timer bucket this entry waits in
         self.template = template
         self.active = False  # IP_VS_CONN_F_INACTIVE cleared
-        self.state = NO
-        self.timeout = 3.0
-        self.expires = 0.0
         self.control: Conn | None = None
         self.n_control = 0
-        self.queued = INF  # the timer bucket this entry waits in
-        self.first: Packet | None = None  # the packet that opened it (what its walks depend on)
-        self.plan: Plan | None = None
         self.decision: Decision | None = None  # for the client's packets (None: work it out)
         self.reply: Decision | None = None  # for the server's replies
         self.replied = False  # the server answered: conntrack's ESTABLISHED (SEEN_REPLY)
@@ -176,16 +207,44 @@ class Conn:
 class Plan:
     """The decisions of connections to one real server whose first packets
     had the same walk key: the first packet's, and the client's later ones
-    before and after the server answered. Made once, reused while the rules
-    stay (the sync clears them)."""
+    before and after the server answered (made on first use). Made once,
+    reused while the rules stay (the sync clears them)."""
 
-    __slots__ = ("est", "est_replied", "masquerade", "new")
+    __slots__ = ("endpoint", "est", "est_replied", "masquerade", "new", "spn", "stale", "walks")
 
-    def __init__(self, new: Decision, est: Decision, est_replied: Decision, masquerade: bool) -> None:
+    def __init__(
+        self, new: Decision, walks: tuple[Walked, Walked, Walked], endpoint: tuple[int, int], spn: Any
+    ) -> None:
         self.new = new
-        self.est = est
-        self.est_replied = est_replied
-        self.masquerade = masquerade
+        self.walks = walks
+        self.endpoint = endpoint
+        self.spn = spn
+        self.masquerade = walks[0].masquerade
+        self.est: Decision | None = None
+        self.est_replied: Decision | None = None
+        self.stale = False  # the rules changed since: walk again (the NAT stays)
+
+    def later(self, replied: bool) -> Decision:
+        """The decision for the client's later packets."""
+        dec = self.est_replied if replied else self.est
+        if dec is None:
+            dec = made(self.walks[2 if replied else 1], self.endpoint, self.spn, 1, True)
+            if replied:
+                self.est_replied = dec
+            else:
+                self.est = dec
+        return dec
+
+
+def made(w: Walked, endpoint: tuple[int, int] | None, spn: Any, ipvs_lookups: int, established: bool) -> Decision:
+    """A Decision from a walk: its verdict (ACCEPT with an endpoint is IPVS's
+    DNAT), its rules, and the lookups: conntrack's and each ipset test, plus
+    IPVS's own (connection table, service, template)."""
+    lookups = ipvs_lookups + (0 if w.lookups < 0 else 1 + w.lookups)
+    if w.verdict == V_ACCEPT and endpoint is not None:
+        return Decision(Verdict.DNAT, endpoint, w.masquerade, w.rules, lookups, spn, established)
+    verdict = Verdict.ACCEPT if w.verdict == V_ACCEPT else _VERDICTS[w.verdict]
+    return Decision(verdict, None, False, w.rules, lookups, spn, established)
 
 
 class Service:
@@ -193,6 +252,7 @@ class Service:
 
     __slots__ = (
         "addr",
+        "cls",
         "dest_index",
         "dests",
         "flags",
@@ -221,9 +281,10 @@ class Service:
         self.dests: list[Dest] = []
         self.dest_index: dict[tuple[int, int], Dest] = {}
         self.stats = [0, 0, 0, 0, 0]
-        # Per walk key: (reached IPVS?, the decision: the rules' DROP/REJECT, or
-        # IPVS's REJECT when no server is available).
-        self.pre: dict[object, tuple[bool, Decision]] = {}
+        # Per walk key: (reached IPVS?, the rules' DROP/REJECT decision if not,
+        # the walk up to IPVS). Filled from the walks shared by its class.
+        self.pre: dict[object, tuple[bool, Decision | None, Walked]] = {}
+        self.cls: Any = (0, 0)  # hooks.vip_class (coarse, full): services alike to the rules share walks
         try:
             self.sched: Scheduler = make_scheduler(spec.scheduler, spec.flags)
         except KeyError:
@@ -273,15 +334,19 @@ class IpvsMode:
         self.rng = rng
         self.literal = literal  # walk every packet through the rules (the differential test's reference)
         self.hooks: NodeRules | None = None
-        self._key: Any = None  # hooks.new_key when the walks can be cached
+        self._key: Any = _no_key  # hooks.new_key when the walks can be cached; None: walk every packet
         self._reply_key: Any = None
+        # Walks shared by every service (and real server) of a class, per client key.
+        self._pre_walks: dict[tuple[Any, Any], tuple[bool, Walked]] = {}
+        self._plan_walks: dict[tuple[Any, Any, Any], tuple[Walked, Walked, Walked]] = {}
         self.services: dict[tuple[int, int, int], Service] = {}
         self.conns: dict[tuple[int, ...], Conn] = {}
         self.templates: dict[tuple[int, ...], Conn] = {}
         self._wheel: dict[float, list[Conn]] = {}
         self._ticks: list[float] = []
         self._next_expiry = INF
-        self.track_replies = False  # index connections by their reply tuple too
+        self.track_replies = False  # index connections by their reply tuple too (in _by_reply)
+        self._by_reply: dict[tuple[int, ...], Conn] = {}
         self.timeouts: list[float] = list(TCP_TIMEOUTS)
         self.udp_timeout: float = UDP_TIMEOUT
         self.state: IpvsState | None = None
@@ -344,13 +409,20 @@ class IpvsMode:
         """New rules and sets: every cached walk and connection decision is
         worked out again when next needed (later packets walk the new filter
         rules, as in the kernel; the NAT a connection got stays)."""
+        self._pre_walks.clear()
+        self._plan_walks.clear()
+        classify = self.hooks.vip_class if self.hooks is not None else None
         for svc in self.services.values():
             svc.pre.clear()
+            svc.cls = classify(svc.proto, svc.addr, svc.port) if classify is not None else (0, 0)
             for d in svc.dests:
                 d.decisions.clear()
                 d.replies.clear()
+                d.cls = None
         for cp in self.conns.values():
-            cp.plan = cp.decision = cp.reply = None
+            cp.decision = cp.reply = None
+            if cp.plan is not None:
+                cp.plan.stale = True
 
     def _sync_dests(self, svc: Service, spec: VirtualServerSpec, now: float) -> None:
         want = {(a, p): w for a, p, w in spec.dests}
@@ -445,8 +517,8 @@ class IpvsMode:
         table = self.templates if cp.template else self.conns
         if cp.key is not None and table.get(cp.key) is cp:
             del table[cp.key]
-            if self.track_replies and not cp.template and self.conns.get(reply_key(cp)) is cp:
-                del self.conns[reply_key(cp)]
+            if not cp.template and self._by_reply.get(reply_key(cp)) is cp:
+                del self._by_reply[reply_key(cp)]
         if cp.control is not None:
             cp.control.n_control -= 1
             cp.control = None
@@ -477,9 +549,35 @@ class IpvsMode:
             self._expire(now)
         flow = packet[:5]
         cp = self.conns.get(flow)
-        if cp is not None:
+        if cp is None:
+            if self.track_replies and (cp := self._by_reply.get(flow)) is not None:
+                return self._existing(cp, packet, now, flow, None)  # the server's reply
+            return self._new_fast(packet, now, flow)
+        # The commonest packet, `_existing` inlined: the client's, no SYN, on a
+        # connection whose server is still there.
+        flags = packet[7]
+        d = cp.dest
+        if flags & SYN or not d.available:
             return self._existing(cp, packet, now, flow, None)
-        return self._new_fast(packet, now, flow)
+        if cp.proto == TCP:
+            state = cp.state
+            new = _IN_NEXT[flags & 0xFF][state]
+            if new != state:
+                self._tcp_moved(cp, INPUT, flags, new)
+            cp.timeout = timeout = self.timeouts[new]
+        else:
+            cp.timeout = timeout = self.udp_timeout
+        cp.expires = expires = now + timeout  # _arm()
+        if expires < cp.queued:
+            self._queue(cp)
+        elif expires < self._next_expiry:
+            self._next_expiry = expires
+        d.inpkts += 1
+        d.inbytes += packet[8]
+        dec = cp.decision
+        if dec is None:
+            dec = self._client_decision(cp, packet, now, None)
+        return dec
 
     def _new_fast(self, packet: Packet, now: float, flow: tuple[int, ...]) -> Decision:
         """`_new` without a trace for the common case, with its helpers
@@ -494,22 +592,29 @@ class IpvsMode:
         key = key_fn(packet)
         pre = svc.pre.get(key)
         if pre is None:
-            return self._new(packet, now, flow, None)
+            pre = self._pre_entry(svc, key)
+            if pre is None:  # no service of its class seen with this key: walk
+                return self._new(packet, now, flow, None)
         if not pre[0]:
-            return pre[1]  # the rules dropped or rejected it before IPVS
+            return pre[1]  # type: ignore[return-value]  # the rules dropped or rejected it before IPVS
         if svc.flags & F_PERSISTENT:
             dest, ct = self._persist(svc, flow[1], flow[2], flow[3], now, None)
         else:
             dest = svc.sched.schedule(svc.dests, flow[1], flow[2], flow[3])
             ct = None
         if dest is None:
-            return pre[1]  # ip_vs_leave: ICMP port unreachable
+            return self._no_server(svc, pre[2])  # ip_vs_leave: ICMP port unreachable
         plan = dest.decisions.get(key)
         if plan is None:
-            plan = dest.decisions[key] = self._make_plan(svc, dest, packet, now, None)
-        cp = Conn(flow, dest, svc)
-        cp.first = packet
-        cp.plan = plan
+            plan = self._plan_for(svc, dest, packet, now, key, None)
+        # The SYN moves NONE -> SYN_RECV (tcp_states INPUT syn): still inactive.
+        if proto == TCP:
+            state, timeout = SR, self.timeouts[SR]
+        else:
+            state, timeout = NO, self.udp_timeout
+        expires = now + timeout
+        tick = float(int(expires))  # the timer waits in the bucket of its second (_queue)
+        cp = Conn(flow, dest, svc, packet, plan, state, timeout, expires, tick)
         cp.decision = plan.est
         dest.inactive += 1  # dest.bound(False, False)
         if dest.u_threshold and dest.total() >= dest.u_threshold:
@@ -520,16 +625,7 @@ class IpvsMode:
         conns = self.conns
         conns[flow] = cp
         if self.track_replies:
-            conns[reply_key(cp)] = cp
-        # The SYN moves NONE -> SYN_RECV (tcp_states INPUT syn): still inactive.
-        if proto == TCP:
-            cp.state = SR
-            cp.timeout = timeout = self.timeouts[SR]
-        else:
-            cp.timeout = timeout = self.udp_timeout
-        cp.expires = expires = now + timeout
-        # _queue(), inlined: a new entry waits in the bucket of its second.
-        cp.queued = tick = float(int(expires))
+            self._by_reply[reply_key(cp)] = cp
         bucket = self._wheel.get(tick)
         if bucket is None:
             self._wheel[tick] = [cp]
@@ -538,10 +634,9 @@ class IpvsMode:
             bucket.append(cp)
         if expires < self._next_expiry:
             self._next_expiry = expires
-        st = dest.stats
-        st[0] += 1
-        st[1] += 1
-        st[3] += packet.length
+        dest.conns += 1
+        dest.inpkts += 1
+        dest.inbytes += packet[8]
         return plan.new
 
     def _existing(
@@ -562,9 +657,8 @@ class IpvsMode:
             else:
                 cp.timeout = self.udp_timeout
             self._arm(cp, now)
-            st = d.stats
-            st[1] += 1
-            st[3] += packet.length
+            d.inpkts += 1
+            d.inbytes += packet[8]
             dec = cp.decision
             if dec is None or steps is not None:
                 dec = self._client_decision(cp, packet, now, steps)
@@ -574,9 +668,8 @@ class IpvsMode:
         else:
             cp.timeout = self.udp_timeout
         self._arm(cp, now)
-        st = d.stats
-        st[2] += 1
-        st[4] += packet.length
+        d.outpkts += 1
+        d.outbytes += packet[8]
         if not cp.replied:
             cp.replied = True  # conntrack saw the reply: the client's packets are ESTABLISHED now
             cp.decision = None
@@ -659,26 +752,29 @@ class IpvsMode:
         return Decision(Verdict.DROP, None, False, dec.rules, dec.lookups, cp.svc.spn, True)
 
     def _tcp_state(self, cp: Conn, direction: int, flags: int) -> None:
-        """set_tcp_state(): next state from the table; leaving or entering
-        ESTABLISHED moves the connection between the active and inactive
-        counts; the timeout is the new state's."""
-        idx = tcp_state_idx(flags)
-        new = CL if idx < 0 else TCP_STATES[direction + idx][cp.state]
+        """set_tcp_state(): next state from the table; the timeout is the new state's."""
+        new = NEXT_STATE[direction][flags & 0xFF][cp.state]
         if new != cp.state:
-            d = cp.dest
-            if cp.active and new != ES:
-                d.active -= 1
-                d.inactive += 1
-                cp.active = False
-            elif not cp.active and new == ES:
-                d.active += 1
-                d.inactive -= 1
-                cp.active = True
-            if new == CL:
-                # conntrack reopens a CLOSE entry for a new SYN after a FIN, or a reset from the client.
-                cp.reopen = idx == 1 or cp.state in (FW, CW, LA, TW) or (idx == 3 and direction == INPUT)
-        cp.state = new
+            self._tcp_moved(cp, direction, flags, new)
         cp.timeout = self.timeouts[new]
+
+    def _tcp_moved(self, cp: Conn, direction: int, flags: int, new: int) -> None:
+        """A change of state: leaving or entering ESTABLISHED moves the
+        connection between its server's active and inactive counts."""
+        d = cp.dest
+        if cp.active and new != ES:
+            d.active -= 1
+            d.inactive += 1
+            cp.active = False
+        elif not cp.active and new == ES:
+            d.active += 1
+            d.inactive -= 1
+            cp.active = True
+        if new == CL:
+            # conntrack reopens a CLOSE entry for a new SYN after a FIN, or a reset from the client.
+            idx = tcp_state_idx(flags)
+            cp.reopen = idx == 1 or cp.state in (FW, CW, LA, TW) or (idx == 3 and direction == INPUT)
+        cp.state = new
 
     def _new(self, packet: Packet, now: float, flow: tuple[int, ...], trace: list[Step] | None) -> Decision:
         """A packet without an IPVS connection, every step stated: the rules
@@ -694,8 +790,9 @@ class IpvsMode:
                     verdict = hooks.passed(st)
                 w = Walked(verdict, st.rules, st.lookups, st.snat is not None)
                 dec = self._made(w, st.dnat, svc.spn if svc is not None else None, 0, False)
-                if svc is not None and key is not None:
-                    svc.pre[key] = (False, dec)
+                if svc is not None and key is not None and st.dnat is None:
+                    self._pre_walks[(self._cls(svc.cls, key), key)] = (False, w)
+                    svc.pre[key] = (False, dec, w)
                 return dec
             dst, dport = st.dst, st.dport
             svc = self.services.get((proto, dst, dport))
@@ -720,32 +817,28 @@ class IpvsMode:
             if trace is not None:
                 trace.append(self._explain_step(svc, src, sport, dst))
             dest = svc.sched.schedule(svc.dests, src, sport, dst)
-        before = Walked(V_REJECT, 0, -1, False) if st is None else Walked(V_REJECT, st.rules, st.lookups, False)
-        reject = self._made(before, None, svc.spn, lookups, False)
+        before = _NOT_WALKED if st is None else Walked(V_ACCEPT, st.rules, st.lookups, False)
         if key is not None:
-            svc.pre[key] = (True, reject)
+            self._pre_walks[(self._cls(svc.cls, key), key)] = (True, before)
+            svc.pre[key] = (True, None, before)
         if dest is None:
             if trace is not None:
                 trace.append(Step("schedule", "no destination available: ICMP port unreachable"))
-            return reject
-        if key is not None and trace is None and st is not None:
+            return self._no_server(svc, before)
+        if key is not None and trace is None:
             plan = dest.decisions.get(key)
             if plan is None:
-                plan = dest.decisions[key] = self._make_plan(svc, dest, packet, now, st)
+                plan = self._plan_for(svc, dest, packet, now, key, st)
         else:
-            plan = self._make_plan(svc, dest, packet, now, st)
-        cp = Conn(flow, dest, svc)
-        cp.first = packet
-        cp.plan = plan
-        if key is not None:
-            cp.decision = plan.est
+            plan = self._plan_from(self._walk_plan(svc, dest, packet, now, st), svc, dest)
+        cp = Conn(flow, dest, svc, packet, plan)
         dest.bound(False, False)
         if ct is not None:
             cp.control = ct
             ct.n_control += 1
         self.conns[flow] = cp
         if self.track_replies:
-            self.conns[reply_key(cp)] = cp
+            self._by_reply[reply_key(cp)] = cp
         # The SYN moves NONE -> SYN_RECV (tcp_states INPUT syn): still inactive.
         if proto == TCP:
             cp.state = SR
@@ -753,43 +846,72 @@ class IpvsMode:
         else:
             cp.timeout = self.udp_timeout
         self._arm(cp, now)
-        stats = dest.stats
-        stats[0] += 1
-        stats[1] += 1
-        stats[3] += packet.length
+        dest.conns += 1
+        dest.inpkts += 1
+        dest.inbytes += packet[8]
         return plan.new
 
-    def _make_plan(self, svc: Service, dest: Dest, packet: Packet, now: float, st: Any) -> Plan:
+    def _pre_entry(self, svc: Service, key: Any) -> tuple[bool, Decision | None, Walked] | None:
+        """A service's walk up to IPVS for this key, from its class's, if known."""
+        shared = self._pre_walks.get((self._cls(svc.cls, key), key))
+        if shared is None:
+            return None
+        admitted, w = shared
+        entry = svc.pre[key] = (admitted, None if admitted else self._made(w, None, svc.spn, 0, False), w)
+        return entry
+
+    def _cls(self, cls: tuple[Any, Any], key: Any) -> Any:
+        """The part of a (coarse, full) class that matters for a client with this key."""
+        hooks = self.hooks
+        return cls[1] if hooks is not None and hooks.special(key) else cls[0]
+
+    def _no_server(self, svc: Service, before: Walked) -> Decision:
+        """ip_vs_leave(): ICMP port unreachable, after the rules up to IPVS."""
+        lookups = 3 if svc.flags & F_PERSISTENT else 2
+        return self._made(before._replace(verdict=V_REJECT), None, svc.spn, lookups, False)
+
+    def _plan_for(self, svc: Service, dest: Dest, packet: Packet, now: float, key: Any, st: Any) -> Plan:
+        """The plan of a connection to `dest` with this key: its decisions built
+        from the walks its service's and real server's classes share (walked
+        on the first connection of the kind)."""
+        cls = dest.cls
+        if cls is None:
+            hooks = self.hooks
+            cls = dest.cls = hooks.server_class(svc.proto, dest.addr, dest.port) if hooks is not None else (0, 0)  # type: ignore[misc]
+        shared = (self._cls(svc.cls, key), self._cls(cls, key), key)
+        walks = self._plan_walks.get(shared)
+        if walks is None:
+            walks = self._plan_walks[shared] = self._walk_plan(svc, dest, packet, now, st)
+        plan = dest.decisions[key] = self._plan_from(walks, svc, dest)
+        return plan
+
+    def _walk_plan(
+        self, svc: Service, dest: Dest, packet: Packet, now: float, st: Any
+    ) -> tuple[Walked, Walked, Walked]:
         """Walk the rules for a connection to `dest` opened by `packet`: its
         first packet's way out of IPVS (continuing `st`, the walk up to IPVS,
         when given), and the client's later packets, before and after the
         server's answer."""
-        ep = (dest.addr, dest.port)
-        lookups = 3 if svc.flags & F_PERSISTENT else 2
         hooks = self.hooks
         if hooks is None:
-            est = Decision(Verdict.DNAT, ep, False, 0, 1, svc.spn, True)
-            return Plan(Decision(Verdict.DNAT, ep, False, 0, lookups, svc.spn), est, est, False)
+            return _NOT_WALKED, _NOT_WALKED, _NOT_WALKED
+        ep = (dest.addr, dest.port)
         if st is None:
             _, st = hooks.first(packet, now, None)
         verdict = hooks.after(st, ep)
-        w = Walked(verdict, st.rules, st.lookups, st.snat is not None)
-        masq = w.masquerade
-        est = self._made(hooks.later(packet, ep, False, masq, now), ep, svc.spn, 1, True)
-        replied = self._made(hooks.later(packet, ep, True, masq, now), ep, svc.spn, 1, True)
-        return Plan(self._made(w, ep, svc.spn, lookups, False), est, replied, masq)
+        masq = st.snat is not None
+        first = Walked(verdict, st.rules, st.lookups, masq)
+        return first, hooks.later(packet, ep, False, masq, now), hooks.later(packet, ep, True, masq, now)
+
+    def _plan_from(self, walks: tuple[Walked, Walked, Walked], svc: Service, dest: Dest) -> Plan:
+        ep = (dest.addr, dest.port)
+        lookups = 3 if svc.flags & F_PERSISTENT else 2
+        return Plan(made(walks[0], ep, svc.spn, lookups, False), walks, ep, svc.spn)
 
     def _made(
         self, w: Walked, endpoint: tuple[int, int] | None, spn: Any, ipvs_lookups: int, established: bool
     ) -> Decision:
-        """A Decision from a walk: its verdict (ACCEPT with an endpoint is
-        IPVS's DNAT), its rules, and the lookups: conntrack's and each ipset
-        test, plus IPVS's own (connection table, service, template)."""
-        lookups = ipvs_lookups + (0 if w.lookups < 0 else 1 + w.lookups)
-        if w.verdict == V_ACCEPT and endpoint is not None:
-            return Decision(Verdict.DNAT, endpoint, w.masquerade, w.rules, lookups, spn, established)
-        verdict = Verdict.ACCEPT if w.verdict == V_ACCEPT else _VERDICTS[w.verdict]
-        return Decision(verdict, None, False, w.rules, lookups, spn, established)
+        return made(w, endpoint, spn, ipvs_lookups, established)
 
     def _passed(self, st: Any, lookups: int, spn: Any) -> Decision:
         """IPVS let the packet go on (not a virtual service's)."""
@@ -828,15 +950,18 @@ class IpvsMode:
         masq = plan.masquerade if plan is not None else False
         hooks = self.hooks
         first = cp.first if cp.first is not None else packet
+        if plan is not None and not plan.stale and steps is None and self._key is not None:
+            dec = cp.decision = plan.later(cp.replied)
+            return dec
         if hooks is None:
             dec = Decision(Verdict.DNAT, ep, masq, 0, 1, cp.svc.spn, True)
         elif steps is None and self._key is not None and _opens(first):
             key = self._key(first)
             fresh = dest.decisions.get(key)
             if fresh is None:
-                fresh = dest.decisions[key] = self._make_plan(cp.svc, dest, first, now, None)
+                fresh = self._plan_for(cp.svc, dest, first, now, key, None)
             if fresh.masquerade == masq:
-                dec = fresh.est_replied if cp.replied else fresh.est
+                dec = fresh.later(cp.replied)
             else:  # the rules changed their mind about SNAT; the connection keeps its NAT
                 dec = self._made(hooks.later(first, ep, cp.replied, masq, now), ep, cp.svc.spn, 1, True)
             cp.decision = dec
@@ -932,7 +1057,7 @@ class IpvsMode:
         if now >= self._next_expiry:
             self._expire(now)
         flow = packet[:5]
-        cp = self.conns.get(flow)
+        cp = self.conns.get(flow) or self._by_reply.get(flow)
         svc = self.services.get((packet.proto, packet.dst, packet.dport))
         reach: list[Reach] = []
         affinity = None
@@ -1029,8 +1154,10 @@ class IpvsMode:
         specs = formats.parse_save(text, filename)
         self.services.clear()
         self.conns.clear()
+        self._by_reply.clear()
         self.templates.clear()
         self.state = None
+        self.hooks, self._key, self._reply_key = None, _no_key, None  # no rules come with the table
         self._captured = True
         self.local_ips = set(local_ips)
         for spec, dests in specs:

@@ -27,13 +27,19 @@ sides of it:
 rules evaluated and ipset lookups, and whether a MASQUERADE fired). The
 engine's set provider is the mode's ipsets (rules.IPSet).
 
-The walks depend on few properties of a packet: the service it is for (the
-destination), the real server chosen, the client's address as the rules see
-it (in which source CIDRs, of which address type, whether it is one of the
-addresses a set holds), ports only where a rule or set tests them, where
-the packet came from. `new_key` / `reply_key` reduce a packet to exactly
-those, so the mode can cache a walk's result per (service or real server,
-key); a ruleset with anything else in it (random or stateful matches, TCP
+The walks depend on few properties of a packet: the client's address as
+the rules see it (in which source CIDRs, of which address type, whether it
+is one of the addresses a set holds), ports only where a rule or set tests
+them, where the packet came from; and the same kind of properties of the
+service's address (which sets hold it with its port: a ClusterIP, a
+NodePort, a LoadBalancer with source ranges...) and of the real server's
+(a hairpin endpoint on the node or not). `new_key` / `reply_key` reduce a
+packet's client side to exactly those, `vip_class` / `server_class` a
+service's and a real server's, each over the chains the packet can reach at
+that point of its way (before IPVS the VIP is the destination, after it the
+real server), so the mode can cache a walk per (service class, server
+class, key) and share it across the thousands of services and servers
+alike. A ruleset with anything else in it (random or stateful matches, TCP
 flag tests, a DNAT of its own) is not cacheable and every packet is walked.
 A differential test holds the cached mode to a literal walk of every packet.
 """
@@ -88,6 +94,9 @@ class NodeRules:
         self.ipsets = ipsets
         self.new_key: Callable[[Packet], Hashable] | None = None
         self.reply_key: Callable[[int, int, bool, bool], Hashable] | None = None
+        self.vip_class: Callable[[int, int, int], tuple[Hashable, Hashable]] | None = None
+        self.server_class: Callable[[int, int, int], tuple[Hashable, Hashable]] | None = None
+        self.special: Callable[[Hashable], bool] = lambda key: True  # is the client's address one a set holds?
         if not literal:
             self._keys()
 
@@ -266,6 +275,18 @@ class NodeRules:
                             return
         self.new_key = _new_key_fn(sides["src"], self.nf.is_local, iif)
         self.reply_key = _reply_key_fn(sides["dst"], self.nf.is_local)
+        tables = self.nf.tables
+        vip = _Classifier(self, _reachable(tables, VIP_ENTRIES))
+        server = _Classifier(self, _reachable(tables, SERVER_ENTRIES))
+        anywhere = _Classifier(self, _reachable(tables, [(t, c) for t in tables for c in tables[t].chains]))
+        is_local = self.nf.is_local
+        self.vip_class = vip.classify
+        # A real server on the node itself gets its packets back in over lo
+        # (PREROUTING, INPUT): every chain can see it then.
+        near, far = anywhere.classify, server.classify
+        self.server_class = lambda proto, ip, port: near(proto, ip, port) if is_local(ip) else far(proto, ip, port)
+        # new_key puts the address first (or alone, times 2, plus locality): >= 0 exactly when a set holds it.
+        self.special = lambda key: (key[0] if isinstance(key, tuple) else key) >= 0  # type: ignore[operator]
 
     def _note(self, match: xt.Match, sides: dict[str, _Side]) -> bool:
         if isinstance(match, SAFE_MATCHES):
@@ -302,6 +323,125 @@ class NodeRules:
                     return False
             return True
         return False  # random, stateful or unknown: walk every packet
+
+
+# Where a packet can be when the VIP is its destination (before IPVS: the
+# first packet's PREROUTING, INPUT up to IPVS, OUTPUT up to IPVS; a later
+# packet's PREROUTING and INPUT), and when the real server is (after IPVS:
+# LOCAL_OUT, POSTROUTING, the rest of LOCAL_IN).
+VIP_ENTRIES = [(t, "PREROUTING") for t in ("raw", "mangle", "nat")] + [
+    *((t, "INPUT") for t in INPUT_BEFORE),
+    *((t, "OUTPUT") for t in OUTPUT_BEFORE),
+]
+SERVER_ENTRIES = [(t, "OUTPUT") for t in ("raw", "mangle", "nat", "filter")] + [
+    *((t, "POSTROUTING") for t in ("mangle", "nat")),
+    *((t, "INPUT") for t in INPUT_AFTER),
+]
+
+
+def _reachable(tables: Mapping[str, Any], entries: Iterable[tuple[str, str]]) -> list[Any]:
+    """Every rule of the chains reachable (by jump or goto) from these
+    (table, chain) entry points."""
+    seen: set[tuple[str, str]] = set()
+    todo = [e for e in entries if e[0] in tables and e[1] in tables[e[0]].chains]
+    rules = []
+    while todo:
+        table, name = todo.pop()
+        if (table, name) in seen:
+            continue
+        seen.add((table, name))
+        for rule in tables[table].chains[name].rules:
+            rules.append(rule)
+            if rule.target.kind in (xt.T_JUMP, xt.T_GOTO) and rule.target.name in tables[table].chains:
+                todo.append((table, rule.target.name))
+    return rules
+
+
+class _Classifier:
+    """The class of (protocol, address, port) as a packet's destination,
+    for some rules: what each of their destination tests says of it (the
+    CIDRs it is in, its address type and locality, the port's ranges, its
+    membership in each set tested on the destination). Two destinations of
+    one class walk those rules alike. A set tested on source and destination
+    at once gives the exact destination when some member has it (the source
+    then decides), else nothing can match.
+
+    Returned as (coarse, full): when the set's source dimensions are all
+    addresses, a client whose address no set holds (`special` false for its
+    key) cannot match it whatever the destination, so for such clients the
+    coarse class, without those exact destinations, is enough: the hairpin
+    set makes each endpoint on the node a class of its own only for the
+    endpoints themselves as clients."""
+
+    def __init__(self, rules_of: NodeRules, rules: list[Any]) -> None:
+        self.is_local = rules_of.nf.is_local
+        nets: set[tuple[int, int]] = set()
+        ranges: set[tuple[int, int]] = set()
+        self.addrtype = False
+        self.tests: list[tuple[IPSet, tuple[str, ...], set[tuple[Any, ...]] | None, int]] = []
+        seen_sets: set[tuple[str, tuple[str, ...]]] = set()
+        for rule in rules:
+            if rule.dst is not None:
+                nets.add((rule.dst[0], rule.dst[1]))
+            for match in rule.matches:
+                if isinstance(match, xt.Addrtype) and match.dst_types:
+                    self.addrtype = True
+                elif isinstance(match, xt.Ports) and match.dport is not None:
+                    ranges.add(match.dport)
+                elif isinstance(match, xt.Multiport) and match.side in ("--dports", "--ports"):
+                    ranges.update(match.ranges)
+                elif isinstance(match, xt.SetMatch) and (match.set_name, match.flags) not in seen_sets:
+                    seen_sets.add((match.set_name, match.flags))
+                    self._note_set(rules_of.ipsets[match.set_name], match.flags)
+        self.nets = sorted(nets)
+        self.ranges = sorted(ranges)
+        self.classify = self._compile()
+
+    def _note_set(self, ipset: IPSet, flags: tuple[str, ...]) -> None:
+        kinds = ipset.kinds
+        if len(flags) < len(kinds) or "dst" not in flags[: len(kinds)]:
+            return  # never matches, or does not look at the destination
+        dims = tuple(k for k, f in zip(kinds, flags, strict=False) if f == "dst")
+        src_kinds = {k for k, f in zip(kinds, flags, strict=False) if f == "src"}
+        positions = tuple(i for i, f in enumerate(flags[: len(kinds)]) if f == "dst")
+        # 0: a plain membership; 1: exact destination, needed for any client;
+        # 2: exact destination, needed only for clients a set holds.
+        mixed = 0 if not src_kinds else 2 if src_kinds == {"ip"} else 1
+        projection = ipset.project(positions) if mixed else None
+        self.tests.append((ipset, dims, projection, mixed))
+
+    def _compile(self) -> Callable[[int, int, int], tuple[Hashable, Hashable]]:
+        """The class function, generated from the tests: a few comparisons
+        and set lookups per real server or service, worked out once each."""
+        env: dict[str, Any] = {"L": self.is_local, "T": xt.address_type}
+        coarse = ["proto", "L(a)"]
+        coarse += [f"(a & {mask}) == {net}" for net, mask in self.nets]
+        if self.addrtype:
+            coarse.append("T(a, L)")
+        coarse += [f"{lo} <= port <= {hi}" for lo, hi in self.ranges]
+        fine: list[str] = []
+        for n, (ipset, dims, projection, mixed) in enumerate(self.tests):
+            values = "(" + "".join(("(proto, port)" if kind == "port" else "a") + ", " for kind in dims) + ")"
+            if not mixed:
+                members = ipset.project(tuple(range(len(dims)))) if "net" not in dims else None
+                env[f"S{n}"] = members if members is not None else ipset
+                coarse.append(f"{values} in S{n}" if members is not None else f"S{n}.test({values})")
+                continue
+            # exact destination when some member has it (the source decides), else nothing can match
+            env[f"P{n}"] = projection
+            expr = values if projection is None else f"({values} if {values} in P{n} else None)"
+            (fine if mixed == 2 else coarse).append(expr)
+        src = (
+            "def classify(proto, a, port):\n"
+            f"    coarse = ({', '.join(coarse)},)\n"
+            f"    return coarse, (coarse, ({''.join(f + ', ' for f in fine)}))\n"
+        )
+        exec(compile(src, "<ipvs class>", "exec"), env)  # generated from the parsed rules, not from text
+        fn: Callable[[int, int, int], tuple[Hashable, Hashable]] = env["classify"]
+        return fn
+
+    def __call__(self, proto: int, addr: int, port: int) -> tuple[Hashable, Hashable]:
+        return self.classify(proto, addr, port)
 
 
 class _Side:
@@ -353,8 +493,12 @@ def _new_key_fn(side: _Side, is_local: Callable[[int], bool], iif: bool) -> Call
     parts.append("p[5]")
     if iif:
         parts.append("p[6]")
-    expr = f"({', '.join(parts)})" if len(parts) > 2 else "A(p[1]) * 2 + p[5]"
-    src += f"def key(p):\n    return {expr}\n"
+    if len(parts) > 2:
+        src += f"def key(p):\n    return ({', '.join(parts)})\n"
+    else:  # the address key inlined: one call per packet
+        body = src.split("\n", 1)[1].replace("return a\n", "return a * 2 + p[5]\n")
+        body = body.replace("    return -1 - (", "    return (-1 - (").replace(")\n", ")) * 2 + p[5]\n", 1)
+        src = "def key(p):\n    a = p[1]\n" + body
     exec(compile(src, "<ipvs new key>", "exec"), env)  # generated from the parsed rules, not from text
     fn: Callable[[Packet], Hashable] = env["key"]
     return fn

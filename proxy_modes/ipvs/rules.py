@@ -218,6 +218,19 @@ class IPSet:
             out.add((m[0], (PROTO_NUMBER[str(m[1])], m[2]), *m[3:]))
         return out
 
+    def project(self, positions: tuple[int, ...]) -> set[tuple[Any, ...]] | None:
+        """The members' values at these dimensions, as the engine passes them
+        (a port as (protocol number, port)); None when one is a net (a
+        membership test, not an equality)."""
+        kinds = self.kinds
+        if self.set_type == "bitmap:port" or any(kinds[i] == "net" for i in positions):
+            return None
+        out: set[tuple[Any, ...]] = set()
+        for m in self.members:
+            values = (m[0], (PROTO_NUMBER[str(m[1])], m[2]), *m[3:]) if len(m) > 1 else m
+            out.add(tuple(values[i] for i in positions))
+        return out
+
     def values(self, kind: str) -> set[object]:
         """Every value a dimension of this kind holds ("ip": addresses,
         "net": Cidrs, "port": port numbers): what a membership can turn on."""

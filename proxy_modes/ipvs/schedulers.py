@@ -48,15 +48,20 @@ class Dest:
         "active",
         "addr",
         "available",
+        "cls",
+        "conns",
         "decisions",
         "inactive",
+        "inbytes",
+        "inpkts",
         "l_threshold",
         "last_weight",
+        "outbytes",
+        "outpkts",
         "overloaded",
         "persist",
         "port",
         "replies",
-        "stats",
         "u_threshold",
         "weight",
     )
@@ -74,12 +79,13 @@ class Dest:
         self.available = True
         self.overloaded = False
         self._text = ""
-        # conns, inpkts, outpkts, inbytes, outbytes (ip_vs_stats)
-        self.stats = [0, 0, 0, 0, 0]
+        # ip_vs_stats: conns, inpkts, outpkts, inbytes, outbytes (attributes: the hot path's)
+        self.conns = self.inpkts = self.outpkts = self.inbytes = self.outbytes = 0
         # Decisions the engine reuses for this destination (see engine.py):
         # per walk key of a connection's first packet, and of a reply.
         self.decisions: dict[Any, Any] = {}
         self.replies: dict[Any, Any] = {}
+        self.cls: Any = None  # its class to the rules (engine.py), worked out on first use
 
     @property
     def text(self) -> str:
@@ -87,6 +93,11 @@ class Dest:
         if not self._text:
             self._text = f"{int_to_ip(self.addr)}:{self.port}"
         return self._text
+
+    @property
+    def stats(self) -> list[int]:
+        """conns, inpkts, outpkts, inbytes, outbytes (ip_vs_stats)."""
+        return [self.conns, self.inpkts, self.outpkts, self.inbytes, self.outbytes]
 
     @property
     def key(self) -> tuple[int, int]:
@@ -183,6 +194,13 @@ class RoundRobin(Scheduler):
     def schedule(self, dests: list[Dest], src: int, sport: int, dst: int) -> Dest | None:
         n = len(dests)
         pos = self.pos
+        # The common case first: the entry after the last choice is usable.
+        i = pos + 1
+        if i < n:
+            d = dests[i]
+            if not d.overloaded and d.weight > 0:
+                self.pos = i
+                return d
         for step in range(1, n + 1):
             i = pos + step
             if i >= n:
