@@ -41,13 +41,13 @@ depend on (hooks.py), so the hot path allocates only the connection.
 
 from __future__ import annotations
 
-import gc
 import heapq
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from netem.addr import int_to_ip, parse_ip
 from netem.errors import RulesetError, UsageError
+from netem.gcpause import paused_gc
 from netem.packet import ACK, FIN, RST, SYN, TCP, UDP, Packet, proto_name
 from proxy_modes.netfilter.cost import DEFAULT as KERNEL_COST
 from proxy_modes.netfilter.engine import V_ACCEPT, V_DROP, V_REJECT
@@ -148,26 +148,28 @@ _IN_NEXT = NEXT_STATE[INPUT]
 class Conn:
     """struct ip_vs_conn: a connection or (template=True) a persistence template."""
 
-    __slots__ = (
+    # What a packet of an established connection reads comes first: the
+    # fields share the object's first cache lines (not sorted on purpose).
+    __slots__ = (  # noqa: RUF023
+        "dest",
+        "state",
+        "timeout",
+        "expires",
+        "queued",
+        "decision",
+        "proto",
+        "key",
+        "flow",
+        "svc",
+        "first",
+        "plan",
         "active",
         "control",
-        "decision",
-        "dest",
-        "expires",
-        "first",
-        "flow",
-        "key",
         "n_control",
-        "plan",
-        "proto",
-        "queued",
-        "reopen",
-        "replied",
         "reply",
-        "state",
-        "svc",
+        "replied",
+        "reopen",
         "template",
-        "timeout",
     )
 
     def __init__(
@@ -281,9 +283,9 @@ class Service:
         self.dests: list[Dest] = []
         self.dest_index: dict[tuple[int, int], Dest] = {}
         self.stats = [0, 0, 0, 0, 0]
-        # Per walk key: (reached IPVS?, the rules' DROP/REJECT decision if not,
-        # the walk up to IPVS). Filled from the walks shared by its class.
-        self.pre: dict[object, tuple[bool, Decision | None, Walked]] = {}
+        # Per walk key of a client no set holds: (reached IPVS?, the walk up to
+        # IPVS or all of it). One dict for every service of its class (sync).
+        self.pre: dict[object, tuple[bool, Walked]] = {}
         self.cls: Any = (0, 0)  # hooks.vip_class (coarse, full): services alike to the rules share walks
         try:
             self.sched: Scheduler = make_scheduler(spec.scheduler, spec.flags)
@@ -368,14 +370,10 @@ class IpvsMode:
         reconcile the table with it. Returns virtual + real servers."""
         # Building 100k+ small objects at once sets off the cyclic garbage
         # collector again and again over the whole (large) heap; none of
-        # them are garbage, so pause it for the build.
-        paused = gc.isenabled()
-        gc.disable()
-        try:
+        # them are garbage, so pause it for the build (and freeze what was
+        # built: later collections need not walk it, netem/gcpause.py).
+        with paused_gc():
             self._apply_state(build_state(view))
-        finally:
-            if paused:
-                gc.enable()
         return sum(1 + len(s.dests) for s in self.services.values())
 
     def _apply_state(self, state: IpvsState, now: float = 0.0) -> None:
@@ -411,14 +409,17 @@ class IpvsMode:
         rules, as in the kernel; the NAT a connection got stays)."""
         self._pre_walks.clear()
         self._plan_walks.clear()
-        classify = self.hooks.vip_class if self.hooks is not None else None
+        hooks = self.hooks
+        vip_class = hooks.vip_class if hooks is not None else None
+        server_class = hooks.server_class if hooks is not None else None
+        by_class: dict[Any, dict[object, tuple[bool, Walked]]] = {}
         for svc in self.services.values():
-            svc.pre.clear()
-            svc.cls = classify(svc.proto, svc.addr, svc.port) if classify is not None else (0, 0)
+            svc.cls = vip_class(svc.proto, svc.addr, svc.port) if vip_class is not None else (0, 0)
+            svc.pre = by_class.setdefault(svc.cls[0], {})
             for d in svc.dests:
                 d.decisions.clear()
                 d.replies.clear()
-                d.cls = None
+                d.cls = None if server_class is not None else (0, 0)  # worked out on first use
         for cp in self.conns.values():
             cp.decision = cp.reply = None
             if cp.plan is not None:
@@ -596,14 +597,14 @@ class IpvsMode:
             if pre is None:  # no service of its class seen with this key: walk
                 return self._new(packet, now, flow, None)
         if not pre[0]:
-            return pre[1]  # type: ignore[return-value]  # the rules dropped or rejected it before IPVS
+            return self._made(pre[1], None, svc.spn, 0, False)  # the rules dropped or rejected it before IPVS
         if svc.flags & F_PERSISTENT:
             dest, ct = self._persist(svc, flow[1], flow[2], flow[3], now, None)
         else:
             dest = svc.sched.schedule(svc.dests, flow[1], flow[2], flow[3])
             ct = None
         if dest is None:
-            return self._no_server(svc, pre[2])  # ip_vs_leave: ICMP port unreachable
+            return self._no_server(svc, pre[1])  # ip_vs_leave: ICMP port unreachable
         plan = dest.decisions.get(key)
         if plan is None:
             plan = self._plan_for(svc, dest, packet, now, key, None)
@@ -792,7 +793,6 @@ class IpvsMode:
                 dec = self._made(w, st.dnat, svc.spn if svc is not None else None, 0, False)
                 if svc is not None and key is not None and st.dnat is None:
                     self._pre_walks[(self._cls(svc.cls, key), key)] = (False, w)
-                    svc.pre[key] = (False, dec, w)
                 return dec
             dst, dport = st.dst, st.dport
             svc = self.services.get((proto, dst, dport))
@@ -820,7 +820,6 @@ class IpvsMode:
         before = _NOT_WALKED if st is None else Walked(V_ACCEPT, st.rules, st.lookups, False)
         if key is not None:
             self._pre_walks[(self._cls(svc.cls, key), key)] = (True, before)
-            svc.pre[key] = (True, None, before)
         if dest is None:
             if trace is not None:
                 trace.append(Step("schedule", "no destination available: ICMP port unreachable"))
@@ -851,13 +850,15 @@ class IpvsMode:
         dest.inbytes += packet[8]
         return plan.new
 
-    def _pre_entry(self, svc: Service, key: Any) -> tuple[bool, Decision | None, Walked] | None:
-        """A service's walk up to IPVS for this key, from its class's, if known."""
-        shared = self._pre_walks.get((self._cls(svc.cls, key), key))
-        if shared is None:
-            return None
-        admitted, w = shared
-        entry = svc.pre[key] = (admitted, None if admitted else self._made(w, None, svc.spn, 0, False), w)
+    def _pre_entry(self, svc: Service, key: Any) -> tuple[bool, Walked] | None:
+        """A service's walk up to IPVS for this key, from its class's, if known
+        (kept in the class's dict unless the client is one a set holds: then
+        the service's exact class decides)."""
+        hooks = self.hooks
+        special = hooks is not None and hooks.special(key)
+        entry = self._pre_walks.get((svc.cls[1] if special else svc.cls[0], key))
+        if entry is not None and not special:
+            svc.pre[key] = entry
         return entry
 
     def _cls(self, cls: tuple[Any, Any], key: Any) -> Any:
@@ -874,15 +875,22 @@ class IpvsMode:
         """The plan of a connection to `dest` with this key: its decisions built
         from the walks its service's and real server's classes share (walked
         on the first connection of the kind)."""
-        cls = dest.cls
-        if cls is None:
-            hooks = self.hooks
-            cls = dest.cls = hooks.server_class(svc.proto, dest.addr, dest.port) if hooks is not None else (0, 0)  # type: ignore[misc]
-        shared = (self._cls(svc.cls, key), self._cls(cls, key), key)
+        hooks = self.hooks
+        if hooks is None or hooks.server_coarse is None:
+            shared: tuple[Any, Any, Any] = (0, 0, key)
+        elif hooks.special(key):  # the exact classes: rare, not kept
+            shared = (svc.cls[1], hooks.server_class(svc.proto, dest.addr, dest.port)[1], key)  # type: ignore[misc]
+        else:
+            cls = dest.cls
+            if cls is None:
+                cls = dest.cls = hooks.server_coarse(svc.proto, dest.addr, dest.port)
+            shared = (svc.cls[0], cls, key)
         walks = self._plan_walks.get(shared)
         if walks is None:
             walks = self._plan_walks[shared] = self._walk_plan(svc, dest, packet, now, st)
-        plan = dest.decisions[key] = self._plan_from(walks, svc, dest)
+        ep = (dest.addr, dest.port)
+        lookups = 3 if svc.flags & F_PERSISTENT else 2
+        plan = dest.decisions[key] = Plan(made(walks[0], ep, svc.spn, lookups, False), walks, ep, svc.spn)
         return plan
 
     def _walk_plan(

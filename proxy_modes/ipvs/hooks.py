@@ -96,6 +96,7 @@ class NodeRules:
         self.reply_key: Callable[[int, int, bool, bool], Hashable] | None = None
         self.vip_class: Callable[[int, int, int], tuple[Hashable, Hashable]] | None = None
         self.server_class: Callable[[int, int, int], tuple[Hashable, Hashable]] | None = None
+        self.server_coarse: Callable[[int, int, int], Hashable] | None = None  # server_class()[0], cheaper
         self.special: Callable[[Hashable], bool] = lambda key: True  # is the client's address one a set holds?
         if not literal:
             self._keys()
@@ -273,7 +274,7 @@ class NodeRules:
                     for match in rule.matches:
                         if not self._note(match, sides):
                             return
-        self.new_key = _new_key_fn(sides["src"], self.nf.is_local, iif)
+        self.new_key, tuple_keys = _new_key_fn(sides["src"], self.nf.is_local, iif)
         self.reply_key = _reply_key_fn(sides["dst"], self.nf.is_local)
         tables = self.nf.tables
         vip = _Classifier(self, _reachable(tables, VIP_ENTRIES))
@@ -285,8 +286,13 @@ class NodeRules:
         # (PREROUTING, INPUT): every chain can see it then.
         near, far = anywhere.classify, server.classify
         self.server_class = lambda proto, ip, port: near(proto, ip, port) if is_local(ip) else far(proto, ip, port)
+        near_c, far_c = anywhere.coarse, server.coarse
+        self.server_coarse = lambda proto, ip, port: near_c(proto, ip, port) if is_local(ip) else far_c(proto, ip, port)
         # new_key puts the address first (or alone, times 2, plus locality): >= 0 exactly when a set holds it.
-        self.special = lambda key: (key[0] if isinstance(key, tuple) else key) >= 0  # type: ignore[operator]
+        if tuple_keys:
+            self.special = lambda key: key[0] >= 0  # type: ignore[index]
+        else:
+            self.special = lambda key: key >= 0  # type: ignore[operator]
 
     def _note(self, match: xt.Match, sides: dict[str, _Side]) -> bool:
         if isinstance(match, SAFE_MATCHES):
@@ -435,8 +441,11 @@ class _Classifier:
             "def classify(proto, a, port):\n"
             f"    coarse = ({', '.join(coarse)},)\n"
             f"    return coarse, (coarse, ({''.join(f + ', ' for f in fine)}))\n"
+            "def coarse(proto, a, port):\n"
+            f"    return ({', '.join(coarse)},)\n"
         )
         exec(compile(src, "<ipvs class>", "exec"), env)  # generated from the parsed rules, not from text
+        self.coarse: Callable[[int, int, int], Hashable] = env["coarse"]
         fn: Callable[[int, int, int], tuple[Hashable, Hashable]] = env["classify"]
         return fn
 
@@ -479,9 +488,10 @@ def _port_key_source(side: _Side, name: str) -> tuple[str, dict[str, Any]] | Non
     return f"def {name}(p):\n{body}", env
 
 
-def _new_key_fn(side: _Side, is_local: Callable[[int], bool], iif: bool) -> Callable[[Packet], Hashable]:
+def _new_key_fn(side: _Side, is_local: Callable[[int], bool], iif: bool) -> tuple[Callable[[Packet], Hashable], bool]:
     """key(packet) for a connection's first packet: what of its source
-    (address, port), locality and incoming interface the rules can see."""
+    (address, port), locality and incoming interface the rules can see; and
+    whether keys are tuples (else ints: address key times 2 plus locality)."""
     src, env = _addr_key_source(side, "A")
     env["L"] = is_local
     port = _port_key_source(side, "P")
@@ -501,7 +511,7 @@ def _new_key_fn(side: _Side, is_local: Callable[[int], bool], iif: bool) -> Call
         src = "def key(p):\n    a = p[1]\n" + body
     exec(compile(src, "<ipvs new key>", "exec"), env)  # generated from the parsed rules, not from text
     fn: Callable[[Packet], Hashable] = env["key"]
-    return fn
+    return fn, len(parts) > 2
 
 
 def _reply_key_fn(side: _Side, is_local: Callable[[int], bool]) -> Callable[[int, int, bool, bool], Hashable]:

@@ -177,11 +177,14 @@ class IPSet:
     # Parsed members for matching: (ip, proto, port[, ip2 | net]) tuples or ports.
     members: set[tuple[object, ...]] = field(default_factory=set)
     _index: dict[tuple[object, ...], list[Cidr]] | set[Any] | None = field(default=None, repr=False, compare=False)
+    _derived: dict[object, Any] = field(default_factory=dict, repr=False, compare=False)  # values(), project()
 
     def add(self, text: str, member: tuple[object, ...]) -> None:
         self.entries.add(text)
         self.members.add(member)
         self._index = None
+        if self._derived:
+            self._derived.clear()
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -225,7 +228,10 @@ class IPSet:
         kinds = self.kinds
         if self.set_type == "bitmap:port" or any(kinds[i] == "net" for i in positions):
             return None
-        out: set[tuple[Any, ...]] = set()
+        cached = self._derived.get(positions)
+        if cached is not None:
+            return cached
+        out: set[tuple[Any, ...]] = self._derived.setdefault(positions, set())
         for m in self.members:
             values = (m[0], (PROTO_NUMBER[str(m[1])], m[2]), *m[3:]) if len(m) > 1 else m
             out.add(tuple(values[i] for i in positions))
@@ -234,7 +240,10 @@ class IPSet:
     def values(self, kind: str) -> set[object]:
         """Every value a dimension of this kind holds ("ip": addresses,
         "net": Cidrs, "port": port numbers): what a membership can turn on."""
-        out: set[object] = set()
+        cached = self._derived.get(kind)
+        if cached is not None:
+            return cached
+        out: set[object] = self._derived.setdefault(kind, set())
         for position, k in enumerate(self.kinds):
             if k != kind:
                 continue

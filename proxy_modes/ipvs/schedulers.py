@@ -43,27 +43,28 @@ ADD, DEL, UPD = "add", "del", "upd"
 class Dest:
     """struct ip_vs_dest: one real server of one virtual service."""
 
-    __slots__ = (
-        "_text",
-        "active",
-        "addr",
+    # The fields the data path reads first (one or two cache lines), then the rest.
+    __slots__ = (  # noqa: RUF023
         "available",
-        "cls",
-        "conns",
+        "inpkts",
+        "inbytes",
+        "overloaded",
+        "weight",
         "decisions",
         "inactive",
-        "inbytes",
-        "inpkts",
+        "conns",
+        "u_threshold",
+        "addr",
+        "port",
+        "active",
+        "outpkts",
+        "outbytes",
+        "cls",
+        "replies",
         "l_threshold",
         "last_weight",
-        "outbytes",
-        "outpkts",
-        "overloaded",
         "persist",
-        "port",
-        "replies",
-        "u_threshold",
-        "weight",
+        "_text",
     )
 
     def __init__(self, addr: int, port: int, weight: int = 1, u_threshold: int = 0, l_threshold: int = 0) -> None:
