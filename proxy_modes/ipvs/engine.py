@@ -1028,11 +1028,11 @@ class IpvsMode:
         dest = svc.sched.schedule(svc.dests, src, sport, dst)
         if dest is None:
             return None, None
-        ct = Conn(tkey, dest, svc, template=True)
+        timeout = svc.timeout
+        ct = Conn(tkey, dest, svc, None, None, NO, timeout, now + timeout, INF, True)
         dest.bound(False, True)
-        ct.timeout = svc.timeout
         self.templates[tkey] = ct
-        self._arm(ct, now)
+        self._queue(ct)
         if trace is not None:
             trace.append(Step("conntrack", f"new persistence template -> {dest.text} for {svc.timeout} s"))
         return dest, ct
