@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 MODES: dict[str, tuple[str, str]] = {
     # filled in as modes land: name -> (module, class)
+    "nftables": ("proxy_modes.nftables.engine", "NftablesMode"),
 }
 
 

@@ -1,0 +1,983 @@
+"""Packets through an nftables ruleset: the literal walk, and the same walk compiled.
+
+The walk (`Walk`) follows a packet through the netfilter hooks as the kernel
+does (nf_hook_slow over the base chains of a hook in priority order): on the
+input and forward paths prerouting, then input or forward (decided by whether
+the destination after DNAT is a local address), then postrouting; on the
+output path output then postrouting (and, for a local destination, prerouting
+and input again as the packet loops back). Chains of `type nat` run only for
+the first packet of a connection and only until the connection has its NAT
+binding for that direction (nf_nat_inet_fn); later packets get the binding
+from conntrack. Inside a chain: rules in order, an expression that does not
+match ends the rule, `jump` pushes, `goto` replaces, `return` or the end of a
+chain pops, `accept`/`dnat`/`masquerade` end the base chain, `drop`/`reject`
+end the packet (nft_do_chain).
+
+Cost reported (`Decision.rules`, `Decision.lookups`): every rule the walk
+starts counts one rule; a lookup is a named set or map lookup, an anonymous
+set or verdict map of more than one element, a `numgen` map, a FIB lookup
+(`fib ... type`) and the conntrack lookup every packet does first.
+
+Speed: a new connection's walk depends on the packet only through its source
+address, the random number `numgen` draws, the affinity sets and the time.
+`compile_plan` runs the same walk symbolically for one destination: an
+oracle answers each question about the source (`ip saddr != 10.0.0.0/8`,
+`ip saddr @affinity-...`, `fib saddr type local`) and each `numgen` draw, and
+every answer is explored, giving a small decision tree whose leaves hold the
+finished `Decision`. Routing a new connection is then a dict lookup and two
+or three comparisons; the verdict, the endpoint, the random draws and the
+reported cost are the literal walk's by construction (and a differential test
+holds them together). Anything the compiler cannot reason about falls back to
+the literal walk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
+
+from netem.addr import int_to_ip
+from netem.conntrack import INVALID, NONE, ORIGINAL, Conntrack, CtEntry, tcp_next_state
+from netem.errors import RulesetError, UsageError, Where
+from netem.packet import TCP, UDP, Packet, proto_name
+
+from ..base import Decision, Reach, Ruleset, Step, Trace, Verdict
+from ..view import NodeView, ServicePortName
+from .rules import Syncer, parse_chain_service
+from .ruleset import Chain, NftSet, Rule, Table, dump_commands, list_ruleset, parse_nft
+from .syntax import (
+    CT_STATES,
+    CTSTATE,
+    DADDR,
+    DPORT,
+    FIB_DADDR,
+    FIB_SADDR,
+    IIF,
+    IIFNAME,
+    L4PROTO,
+    MARK,
+    OIF,
+    OIFNAME,
+    SADDR,
+    SPORT,
+    Cmp,
+    Dnat,
+    Lookup,
+    MarkSet,
+    Masquerade,
+    NoOp,
+    Numgen,
+    Reject,
+    Selector,
+    SetUpdate,
+    SyntaxProblem,
+    Value,
+    VerdictT,
+    VMap,
+    format_key,
+    format_verdict,
+)
+from .syntax import (
+    Verdict as VerdictExpr,
+)
+
+if TYPE_CHECKING:
+    import random
+
+CT_NEW, CT_ESTABLISHED, CT_INVALID = CT_STATES["new"], CT_STATES["established"], CT_STATES["invalid"]
+FIB_UNICAST, FIB_LOCAL = 1, 2
+_MISSING = object()
+
+
+class NeedAnswer(Exception):
+    """The symbolic walk reached a question its oracle has no answer for yet."""
+
+    def __init__(self, question: tuple[Any, ...]) -> None:
+        super().__init__(question)
+        self.question = question
+
+
+class Unsupported(Exception):
+    """Something the compiler cannot reason about symbolically (the literal walk still can)."""
+
+
+class WalkError(Exception):
+    """The ruleset refers to something that does not exist (a chain, a set)."""
+
+
+class LocalAddresses:
+    """`fib ... type local`: the node's addresses and 127.0.0.0/8 (the local
+    routing table of a namespace holds both)."""
+
+    __slots__ = ("ips",)
+
+    def __init__(self, ips: frozenset[int]) -> None:
+        self.ips = ips
+
+    def test(self, ip: int) -> bool:
+        return ip in self.ips or (ip >> 24) == 127
+
+
+@dataclass(slots=True, eq=False)
+class Outcome:
+    """Where one walk ended: the decision, and what committing it does."""
+
+    decision: Decision
+    dnat: tuple[int, int] | None
+    masquerade: bool
+    actions: tuple[tuple[NftSet, float, str], ...]  # (set, timeout, op) keyed by the source address
+    final: str  # "accept", "drop", "reject"
+    new: bool  # the first packet of a connection (ct state new): committing creates the entry
+
+    def same(self, other: Outcome) -> bool:
+        d, e = self.decision, other.decision
+        return (
+            self.final == other.final
+            and self.dnat == other.dnat
+            and self.masquerade == other.masquerade
+            and [(id(s), t, o) for s, t, o in self.actions] == [(id(s), t, o) for s, t, o in other.actions]
+            and (d.rules, d.lookups, d.service) == (e.rules, e.lookups, e.service)
+        )
+
+
+# Plan nodes (tuples, so the hot loop is a few index operations):
+#   (RANGE, lo, hi, if_true, if_false)       lo <= src <= hi
+#   (VALUE, tester, if_true, if_false)        tester.test(src)
+#   (MEMBER, members_dict, if_true, if_false) src in a (timeout) set at `now`
+#   (NUMGEN, modulus, children)               children[reciprocal_scale(u32, modulus)]
+# and leaves are Outcome objects.
+RANGE, VALUE, MEMBER, NUMGEN = 1, 2, 3, 4
+Plan = Any
+
+# TCP flags that can open a connection from nothing (tcp_conntracks, ORIGINAL
+# direction, state NONE, not sIV): SYN, and ACK (loose pickup, the default).
+_TCP_OPENS = tuple(tcp_next_state(ORIGINAL, flags, NONE) < INVALID for flags in range(256))
+
+
+class Walk:
+    """One packet through the hooks. Concrete when `oracle` is None (random
+    draws from the engine's rng, set updates applied); symbolic otherwise
+    (answers from the oracle, nothing changed, updates recorded)."""
+
+    def __init__(
+        self,
+        eng: Engine,
+        packet: Packet,
+        now: float,
+        ctstate: int,
+        entry: CtEntry | None = None,
+        direction: int = ORIGINAL,
+        oracle: list[Any] | None = None,
+        src_known: bool = True,
+        steps: list[Step] | None = None,
+    ) -> None:
+        self.eng = eng
+        self.table = eng.table
+        self.now = now
+        self.proto = packet.proto
+        self.src: int | None = packet.src if src_known else None
+        self.sport = packet.sport
+        self.dst = packet.dst
+        self.dport = packet.dport
+        self.local = packet.local
+        self.iif = packet.iif
+        self.ctstate = ctstate
+        self.entry = entry
+        self.direction = direction
+        self.mark = 0
+        self.rules = 0
+        self.lookups = 0
+        self.dnat: tuple[int, int] | None = None
+        self.masquerade = False
+        self.final = "accept"
+        self.oracle = oracle
+        self.pos = 0
+        self.asked: dict[tuple[Any, ...], Any] = {}
+        self.actions: list[tuple[NftSet, float, str]] = []
+        self.updated: set[str] = set()
+        self.steps = steps
+        self.service: ServicePortName | None = None
+        self.affinity: str | None = None
+        self.nat_done = {"dst": ctstate != CT_NEW, "src": ctstate != CT_NEW}
+
+    # -- the oracle ---------------------------------------------------------
+
+    def ask(self, question: tuple[Any, ...]) -> Any:
+        if question in self.asked:
+            return self.asked[question]
+        assert self.oracle is not None
+        if self.pos >= len(self.oracle):
+            raise NeedAnswer(question)
+        answer = self.oracle[self.pos]
+        self.pos += 1
+        self.asked[question] = answer
+        return answer
+
+    def numgen(self, mod: int) -> int:
+        if self.oracle is None:
+            return (self.eng.rng.getrandbits(32) * mod) >> 32
+        # Never memoised: every evaluation is a fresh draw.
+        if self.pos >= len(self.oracle):
+            raise NeedAnswer(("numgen", mod))
+        answer: int = self.oracle[self.pos]
+        self.pos += 1
+        return answer
+
+    def src_test(self, value: Value) -> bool:
+        if self.src is not None:
+            return value.test(self.src)
+        if value.single and value.ranges:
+            lo, hi = value.ranges[0]
+            return bool(self.ask(("range", lo, hi)))
+        if value.single and value.exact:
+            x = next(iter(value.exact))
+            if isinstance(x, int):
+                return bool(self.ask(("range", x, x)))
+        return bool(self.ask(("value", value)))
+
+    def src_local(self) -> bool:
+        if self.src is not None:
+            return self.eng.local.test(self.src)
+        return bool(self.ask(("value", self.eng.local)))
+
+    def src_member(self, nset: NftSet) -> bool:
+        if nset.name in self.updated:
+            return True  # this very walk put the source there
+        if self.src is not None:
+            return member(nset, self.src, self.now)
+        if nset.intervals:
+            raise Unsupported(f"interval set @{nset.name} keyed by the source")
+        return bool(self.ask(("member", nset.name)))
+
+    # -- hooks ----------------------------------------------------------------
+
+    def run(self) -> None:
+        if self.local:
+            if self.hook("output") or self.hook("postrouting"):
+                return
+            if self.eng.local.test(self.dst):
+                if self.hook("prerouting"):
+                    return
+                self.hook("input")
+            return
+        if self.hook("prerouting"):
+            return
+        if self.eng.local.test(self.dst):
+            self.hook("input")
+        elif not self.hook("forward"):
+            self.hook("postrouting")
+
+    def hook(self, hook: str) -> bool:
+        """Run the base chains of a hook; True when the packet was dropped or rejected."""
+        manip = "dst" if hook in ("prerouting", "output") else "src"
+        nat_ran = False
+        for chain in self.eng.hooks[hook]:
+            assert chain.base is not None
+            if chain.base.type == "nat":
+                if self.nat_done[manip]:
+                    continue
+                nat_ran = True
+            if self.steps is not None:
+                b = chain.base
+                self.steps.append(
+                    Step("chain", f"{hook} hook: chain {chain.name} (type {b.type}, priority {b.priority})")
+                )
+            verdict = self.run_chain(chain)
+            if verdict in ("drop", "reject"):
+                self.final = verdict
+                return True
+            if verdict is None and chain.base.policy == "drop":
+                self.final = "drop"
+                return True
+        if nat_ran:
+            self.nat_done[manip] = True
+        self.apply_binding(manip)
+        return False
+
+    def apply_binding(self, manip: str) -> None:
+        """An established connection's NAT, applied where the nat hooks sit."""
+        entry = self.entry
+        if entry is None:
+            return
+        if self.direction == ORIGINAL:
+            if manip == "dst" and entry.dnat is not None:
+                self.dst, self.dport = entry.dnat
+            elif manip == "src" and entry.snat is not None:
+                self.src, self.sport = entry.snat
+        elif manip == "dst" and entry.snat is not None:
+            self.dst, self.dport = entry.orig[1], entry.orig[2]
+        elif manip == "src" and entry.dnat is not None:
+            self.src, self.sport = entry.orig[3], entry.orig[4]
+
+    # -- chains ----------------------------------------------------------------
+
+    def chain(self, name: str) -> Chain:
+        chain = self.table.chains.get(name)
+        if chain is None:
+            raise WalkError(f"no chain named {name!r}")
+        return chain
+
+    def run_chain(self, chain: Chain) -> str | None:
+        """nft_do_chain: the verdict that ends the base chain (None: its policy)."""
+        stack: list[tuple[Chain, int]] = []
+        current, i = chain, 0
+        if "/" in chain.name:
+            self.note_service(chain.name)
+        while True:
+            rules = current.rules
+            if i >= len(rules):
+                if not stack:
+                    return None
+                back, i = stack.pop()
+                if self.steps is not None:
+                    self.steps.append(Step("return", f"end of {current.name}: back to {back.name}"))
+                current = back
+                continue
+            rule = rules[i]
+            i += 1
+            verdict = self.eval_rule(current, rule)
+            if verdict is None:
+                continue
+            kind = verdict[0]
+            if kind in ("jump", "goto"):
+                if kind == "jump":
+                    stack.append((current, i))
+                current, i = self.chain(verdict[1]), 0
+                if "/" in current.name:
+                    self.note_service(current.name)
+            elif kind == "return":
+                if not stack:
+                    return None
+                back, i = stack.pop()
+                if self.steps is not None:
+                    self.steps.append(Step("return", f"return from {current.name} to {back.name}"))
+                current = back
+            elif kind == "continue":
+                continue
+            else:
+                return kind
+
+    def note_service(self, chain: str) -> None:
+        spn = parse_chain_service(chain)
+        if spn is not None:
+            self.service = spn
+
+    def eval_rule(self, chain: Chain, rule: Rule) -> VerdictT | None:
+        """One rule: None when it did not match or matched without a verdict."""
+        self.rules += 1
+        for e in rule.exprs:
+            cls = e.__class__
+            if cls is Cmp:
+                if not self.cmp(e):  # type: ignore[arg-type]
+                    return None
+            elif cls is VerdictExpr:
+                self.matched(rule)
+                return e.verdict  # type: ignore[union-attr]
+            elif cls is VMap:
+                # The lookup step tells the story; no separate rule step.
+                return self.vmap(e)  # type: ignore[arg-type]
+            elif cls is Lookup:
+                if not self.lookup(e):  # type: ignore[arg-type]
+                    return None
+            elif cls is Numgen:
+                return self.eval_numgen(e)  # type: ignore[arg-type]
+            elif cls is MarkSet:
+                self.set_mark(e)  # type: ignore[arg-type]
+            elif cls is Dnat:
+                self.do_dnat(e, rule)  # type: ignore[arg-type]
+                return ("accept",)
+            elif cls is Masquerade:
+                self.masquerade = True
+                if self.steps is not None:
+                    addr = int_to_ip(self.eng.masq_ip)
+                    self.steps.append(Step("nat", f"{rule.text()}: the source becomes {addr} (a random port)"))
+                return ("accept",)
+            elif cls is SetUpdate:
+                self.set_update(e)  # type: ignore[arg-type]
+            elif cls is Reject:
+                self.matched(rule)
+                return ("reject",)
+            elif cls is NoOp:
+                continue
+            else:  # pragma: no cover - the parser makes nothing else
+                raise Unsupported(type(e).__name__)
+        self.matched(rule)
+        return None
+
+    def matched(self, rule: Rule) -> None:
+        if self.steps is not None:
+            self.steps.append(Step("rule", rule.text()))
+
+    # -- expressions ----------------------------------------------------------
+
+    def field(self, sel: Selector) -> int | str | None:
+        """A packet field (not the source address); None: absent (no ports in ICMP)."""
+        f = sel.field
+        if f == DADDR:
+            return self.dst
+        if f in (DPORT, SPORT):
+            if sel.proto and sel.proto != self.proto:
+                return None
+            if self.proto not in (6, 17, 132):
+                return None
+            return self.dport if f == DPORT else self.sport
+        if f == L4PROTO:
+            return self.proto
+        if f == MARK:
+            return self.mark if sel.mask is None else self.mark & sel.mask
+        if f == CTSTATE:
+            return self.ctstate
+        if f == FIB_DADDR:
+            self.lookups += 1
+            return FIB_LOCAL if self.eng.local.test(self.dst) else FIB_UNICAST
+        if f in (IIF, IIFNAME):
+            return self.iif
+        if f in (OIF, OIFNAME):
+            return ""
+        if f == SADDR:
+            if self.src is None:
+                raise Unsupported("the source address inside a concatenation")
+            return self.src
+        raise Unsupported(f"selector {f}")
+
+    def cmp(self, e: Cmp) -> bool:
+        sel, value = e.sel, e.value
+        if not value.single:
+            self.lookups += 1
+        if sel.field == SADDR:
+            return self.src_test(value) != e.negate
+        if sel.field == FIB_SADDR:
+            self.lookups += 1
+            kind = FIB_LOCAL if self.src_local() else FIB_UNICAST
+            return value.test(kind) != e.negate
+        v = self.field(sel)
+        if v is None:
+            return False
+        if sel.field == CTSTATE:
+            assert isinstance(v, int)
+            hit = any(v & bits for bits in value.exact if isinstance(bits, int))
+        else:
+            hit = value.test(v)
+        return hit != e.negate
+
+    def key(self, sels: tuple[Selector, ...]) -> Any:
+        parts = []
+        for sel in sels:
+            v = self.field(sel)
+            if v is None:
+                return None
+            parts.append(v)
+        return parts[0] if len(parts) == 1 else tuple(parts)
+
+    def named_set(self, name: str) -> NftSet:
+        nset = self.table.sets.get(name)
+        if nset is None:
+            raise WalkError(f"no set or map named {name!r}")
+        return nset
+
+    def lookup(self, e: Lookup) -> bool:
+        self.lookups += 1
+        nset = self.named_set(e.set_name)
+        if len(e.sels) == 1 and e.sels[0].field == SADDR:
+            found = self.src_member(nset)
+            if found and self.steps is not None and nset.dynamic and self.src is not None:
+                expires = nset.members.get(self.src)
+                left = "" if expires is None else f", expires in {expires - self.now:.0f}s"
+                self.affinity = f"hit: {int_to_ip(self.src)} is in @{nset.name}{left}"
+            return found != e.negate
+        key = self.key(e.sels)
+        found = key is not None and member(nset, key, self.now)
+        return found != e.negate
+
+    def vmap(self, e: VMap) -> VerdictT | None:
+        self.lookups += 1
+        key = self.key(e.sels)
+        if e.map_name:
+            nset = self.named_set(e.map_name)
+            verdict = None if key is None else nset.verdicts.get(key)
+            if self.steps is not None:
+                shown = "-" if key is None else format_key(tuple(s.field for s in e.sels), key)
+                got = "no element" if verdict is None else format_verdict(verdict)
+                self.steps.append(Step("lookup", f"{shown} in @{e.map_name}: {got}"))
+            if verdict is not None:
+                comment = nset.comments.get(key)
+                if comment:
+                    self.service = _spn_from_comment(comment, self.proto)
+            return verdict
+        for k, verdict in e.anon:
+            if k == key:
+                return verdict
+        return None
+
+    def eval_numgen(self, e: Numgen) -> VerdictT | None:
+        self.lookups += 1
+        n = self.numgen(e.mod) + e.offset
+        for k, verdict in e.anon:
+            if k == n:
+                if self.steps is not None:
+                    self.steps.append(
+                        Step("schedule", f"numgen random mod {e.mod} drew {n}: {format_verdict(verdict)}", {"drawn": n})
+                    )
+                return verdict
+        return None
+
+    def set_mark(self, e: MarkSet) -> None:
+        if e.op == "|":
+            self.mark |= e.value
+        elif e.op == "^":
+            self.mark ^= e.value
+        elif e.op == "&":
+            self.mark &= e.value
+        else:
+            self.mark = e.value
+
+    def do_dnat(self, e: Dnat, rule: Rule) -> None:
+        port = self.dport if e.port is None else e.port
+        self.dnat = (e.addr, port)
+        self.dst, self.dport = e.addr, port
+        if self.steps is not None:
+            self.steps.append(Step("nat", rule.text(), {"to": f"{int_to_ip(e.addr)}:{port}"}))
+
+    def set_update(self, e: SetUpdate) -> None:
+        nset = self.named_set(e.set_name)
+        timeout = e.timeout if e.timeout is not None else nset.timeout
+        if len(e.sels) != 1 or e.sels[0].field != SADDR or timeout is None:
+            if self.oracle is not None:
+                raise Unsupported("set update not keyed by the source address")
+            key = self.key(e.sels)
+            if key is not None and (e.op == "update" or not member(nset, key, self.now)):
+                nset.members[key] = None if timeout is None else self.now + timeout
+            return
+        if self.oracle is not None:
+            self.actions.append((nset, timeout, e.op))
+            self.updated.add(nset.name)
+            return
+        assert self.src is not None
+        was = member(nset, self.src, self.now)
+        apply_update(nset, self.src, self.now, timeout, e.op)
+        self.updated.add(nset.name)
+        if self.steps is not None and not was:
+            self.affinity = f"new: {int_to_ip(self.src)} recorded in @{nset.name} for {timeout:.0f}s"
+
+    # -- the result -------------------------------------------------------------
+
+    def outcome(self, established: bool) -> Outcome:
+        final = self.final
+        if final == "drop":
+            verdict = Verdict.DROP
+        elif final == "reject":
+            verdict = Verdict.REJECT
+        elif self.dnat is not None or (established and self.entry is not None and self.direction == ORIGINAL):
+            verdict = Verdict.DNAT
+        else:
+            verdict = Verdict.ACCEPT
+        endpoint = self.dnat
+        masq = self.masquerade
+        if established and self.entry is not None:
+            endpoint = self.entry.dnat
+            masq = self.entry.snat is not None
+            if endpoint is None and verdict is Verdict.DNAT:
+                verdict = Verdict.ACCEPT
+        service = self.service
+        if established and self.entry is not None and isinstance(self.entry.data, ServicePortName):
+            service = self.entry.data
+        decision = Decision(
+            verdict,
+            endpoint if verdict is not Verdict.DROP and verdict is not Verdict.REJECT else None,
+            masq and verdict not in (Verdict.DROP, Verdict.REJECT),
+            self.rules,
+            self.lookups + 1,  # + the conntrack lookup
+            service,
+            established,
+        )
+        return Outcome(decision, self.dnat, self.masquerade, tuple(self.actions), final, self.ctstate == CT_NEW)
+
+
+def member(nset: NftSet, key: Any, now: float) -> bool:
+    """nft_lookup: present and not expired (nft_set_elem_expired: now >= expiration)."""
+    expires = nset.members.get(key, _MISSING)
+    if expires is _MISSING:
+        if nset.intervals and isinstance(key, int):
+            return any(lo <= key <= hi for lo, hi in nset.intervals)
+        return False
+    return expires is None or now < expires  # type: ignore[operator]
+
+
+def apply_update(nset: NftSet, key: int, now: float, timeout: float, op: str) -> None:
+    """nft_dynset: `update` adds or refreshes the timeout, `add` only adds."""
+    if op == "update" or not member(nset, key, now):
+        nset.members[key] = now + timeout
+
+
+def _spn_from_comment(comment: str, proto: int) -> ServicePortName | None:
+    """The `ns/name:port` comment kube-proxy puts on no-endpoint elements."""
+    nsname, _, port = comment.partition(":")
+    ns, sep, name = nsname.partition("/")
+    if not sep:
+        return None
+    return ServicePortName(ns, name, port, proto_name(proto).upper())
+
+
+# --- compiling -----------------------------------------------------------------
+
+
+class Engine:
+    """A table, the node's addresses, conntrack, and the compiled plans."""
+
+    def __init__(self, rng: random.Random, table: Table, local_ips: frozenset[int], masq_ip: int) -> None:
+        self.rng = rng
+        self.table = table
+        self.local = LocalAddresses(local_ips)
+        self.masq_ip = masq_ip
+        self.conntrack = Conntrack()
+        self.plans: dict[tuple[Any, ...], Plan] = {}
+        self.hooks: dict[str, list[Chain]] = {}
+        self.reset(table)
+
+    def reset(self, table: Table) -> None:
+        """A new or changed table: hooks re-read, plans forgotten."""
+        self.table = table
+        self.hooks = {h: table.base_chains(h) for h in ("prerouting", "input", "forward", "output", "postrouting")}
+        self.plans.clear()
+
+    # -- literal -----------------------------------------------------------------
+
+    def walk(
+        self,
+        packet: Packet,
+        now: float,
+        ctstate: int,
+        entry: CtEntry | None = None,
+        direction: int = ORIGINAL,
+        steps: list[Step] | None = None,
+    ) -> tuple[Outcome, Walk]:
+        w = Walk(self, packet, now, ctstate, entry, direction, steps=steps)
+        w.run()
+        return w.outcome(ctstate != CT_NEW), w
+
+    # -- symbolic ----------------------------------------------------------------
+
+    def compile_plan(
+        self,
+        packet: Packet,
+        now: float,
+        ctstate: int,
+        entry: CtEntry | None = None,
+        direction: int = ORIGINAL,
+        src_known: bool = False,
+    ) -> Plan:
+        """The decision tree for every packet that differs from `packet` only
+        in its source address (and source port), random draws and set contents."""
+
+        def build(answers: list[Any]) -> Plan:
+            w = Walk(self, packet, now, ctstate, entry, direction, oracle=answers, src_known=src_known)
+            try:
+                w.run()
+            except NeedAnswer as need:
+                q = need.question
+                if q[0] == "numgen":
+                    return (NUMGEN, q[1], tuple(build([*answers, k]) for k in range(q[1])))
+                yes, no = build([*answers, True]), build([*answers, False])
+                if isinstance(yes, Outcome) and isinstance(no, Outcome) and yes.same(no):
+                    return yes
+                if q[0] == "range":
+                    return (RANGE, q[1], q[2], yes, no)
+                if q[0] == "member":
+                    return (MEMBER, self.table.sets[q[1]].members, yes, no)
+                return (VALUE, q[1], yes, no)
+            return w.outcome(ctstate != CT_NEW)
+
+        return build([])
+
+    def reach(self, packet: Packet, now: float) -> list[Reach]:
+        """Every endpoint a new connection from this source could reach, with its
+        exact probability (the numgen draws enumerated; nothing changed)."""
+        try:
+            plan = self.compile_plan(packet, now, CT_NEW, src_known=True)
+        except Unsupported:
+            return []
+        found: dict[tuple[int, int], Fraction] = {}
+
+        def visit(node: Plan, p: Fraction) -> None:
+            if isinstance(node, Outcome):
+                if node.final == "accept" and node.dnat is not None:
+                    found[node.dnat] = found.get(node.dnat, Fraction(0)) + p
+                return
+            assert node[0] == NUMGEN
+            for child in node[2]:
+                visit(child, p / node[1])
+
+        visit(plan, Fraction(1))
+        return [Reach(ip, port, p) for (ip, port), p in sorted(found.items())]
+
+    # -- routing -------------------------------------------------------------------
+
+    def new_plan(self, packet: Packet, now: float, ctstate: int) -> Plan:
+        key = (ctstate, packet.dst, packet.proto, packet.dport, packet.local, packet.iif)
+        plan = self.plans.get(key)
+        if plan is None:
+            try:
+                plan = self.compile_plan(packet, now, ctstate)
+            except Unsupported:
+                plan = None
+            self.plans[key] = plan if plan is not None else False
+        return plan
+
+    def run_plan(self, plan: Plan, src: int, now: float) -> Outcome:
+        node = plan
+        getrandbits = self.rng.getrandbits
+        while node.__class__ is tuple:
+            op = node[0]
+            if op == RANGE:
+                node = node[3] if node[1] <= src <= node[2] else node[4]
+            elif op == NUMGEN:
+                node = node[2][(getrandbits(32) * node[1]) >> 32]
+            elif op == MEMBER:
+                expires = node[1].get(src, _MISSING)
+                node = node[2] if expires is not _MISSING and (expires is None or now < expires) else node[3]
+            else:
+                node = node[2] if node[1].test(src) else node[3]
+        return node
+
+    def commit_new(self, packet: Packet, out: Outcome, now: float) -> None:
+        """What a new connection leaves behind: affinity entries, and a
+        conntrack entry unless it was dropped (nf_conntrack_confirm never ran)."""
+        for nset, timeout, op in out.actions:
+            apply_update(nset, packet.src, now, timeout, op)
+        if out.final != "accept":
+            return
+        snat = None
+        if out.masquerade:
+            # masquerade fully-random: a random port in 1024-65535
+            # (nf_nat_l4proto_unique_tuple, NF_NAT_RANGE_PROTO_RANDOM_FULLY).
+            snat = (self.masq_ip, 1024 + self.rng.getrandbits(16) % 64512)
+        self.conntrack.create(packet[:5], now, dnat=out.dnat, snat=snat, flags=packet.flags, data=out.decision.service)
+
+    def decide(self, packet: Packet, now: float) -> Outcome:
+        """The ruleset's answer for the first packet of a connection: the plan
+        for its destination run on its source address (compiled on first use)."""
+        ctstate = CT_INVALID if packet[0] == TCP and not _TCP_OPENS[packet[7] & 0xFF] else CT_NEW
+        plan = self.plans.get((ctstate, packet[3], packet[0], packet[4], packet[5], packet[6]))
+        if plan is None:
+            plan = self.new_plan(packet, now, ctstate)
+        if plan is False:
+            return self.walk(packet, now, ctstate)[0]
+        return self.run_plan(plan, packet[1], now)
+
+    def route(self, packet: Packet, now: float) -> Decision:
+        hit = self.conntrack.lookup(packet[:5], now)
+        if hit is not None:
+            return self.route_established(packet, hit, now)
+        out = self.decide(packet, now)
+        if out.new:
+            self.commit_new(packet, out, now)
+        return out.decision
+
+    def route_established(self, packet: Packet, hit: tuple[CtEntry, int], now: float) -> Decision:
+        entry, direction = hit
+        ctstate = CT_ESTABLISHED if self.conntrack.update(entry, direction, packet.flags, now) else CT_INVALID
+        key = (
+            ctstate,
+            direction,
+            packet.dst,
+            packet.proto,
+            packet.dport,
+            packet.local,
+            packet.iif,
+            entry.dnat,
+            entry.snat,
+            entry.data,
+            entry.orig[1] if direction else 0,
+        )
+        plan = self.plans.get(key)
+        if plan is None:
+            try:
+                plan = self.compile_plan(packet, now, ctstate, entry, direction)
+            except Unsupported:
+                plan = False
+            self.plans[key] = plan
+        if plan is False:
+            out, _ = self.walk(packet, now, ctstate, entry, direction)
+        else:
+            out = self.run_plan(plan, packet.src, now)
+        return out.decision
+
+
+def clean_stale_udp(conntrack: Conntrack, view: NodeView) -> int:
+    """kube-proxy's conntrack reconciler after each sync (pkg/proxy/conntrack/
+    cleanup.go CleanStaleEntries): a UDP entry whose original destination is a
+    UDP service's IP (or NodePort) and whose reply source is not one of that
+    service's serving endpoints is deleted, so the next datagram is balanced
+    again. Keyed by address only, the last port listed winning, as there."""
+    by_ip: dict[int, set[int]] = {}
+    by_node_port: dict[int, set[int]] = {}
+    for info in view.service_ports():
+        if info.protocol != UDP:
+            continue
+        ips = {ep.ip for ep in view.endpoints(info.name) if ep.serving}
+        for ip in (info.cluster_ip, *info.lb_vips, *info.external_ips):
+            by_ip[ip] = ips
+        if info.node_port:
+            by_node_port[info.node_port] = ips
+    if not by_ip and not by_node_port:
+        return 0
+    stale = []
+    for entry in conntrack.entries():
+        if entry.orig[0] != UDP:
+            continue
+        reply_src = entry.reply[1]
+        to_ip = by_ip.get(entry.orig[3])
+        to_port = by_node_port.get(entry.orig[4])
+        if (to_ip is not None and reply_src not in to_ip) or (to_port is not None and reply_src not in to_port):
+            stale.append(entry)
+    for entry in stale:
+        conntrack.delete(entry)
+    return len(stale)
+
+
+class NftablesMode:
+    """kube-proxy --proxy-mode=nftables on one node (the ProxyMode protocol)."""
+
+    name = "nftables"
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.syncer = Syncer()
+        self.engine = Engine(rng, self.syncer.table, frozenset(), 0)
+        self.route = self.engine.route  # type: ignore[method-assign]  # the hot path, one call shorter
+
+    @property
+    def table(self) -> Table:
+        return self.engine.table
+
+    @property
+    def conntrack(self) -> Conntrack:
+        return self.engine.conntrack
+
+    def sync(self, view: NodeView) -> Ruleset:
+        result = self.syncer.sync(view)
+        eng = self.engine
+        eng.local = LocalAddresses(frozenset(view.node_ips))
+        eng.masq_ip = view.node_ip
+        eng.reset(self.syncer.table)
+        clean_stale_udp(eng.conntrack, view)
+        return Ruleset(result.text, self.syncer.table.rule_count(), result.partial, result.changed)
+
+    def load_capture(self, text: str, local_ips: list[int], filename: str) -> None:
+        """A ruleset captured on a node (`nft list ruleset`, or an `nft -f` file):
+        its `ip kube-proxy` table is routed through; `local_ips` are the node's
+        addresses (for `fib daddr type local` and masquerading)."""
+        table = load_table(text, filename)
+        eng = self.engine
+        eng.local = LocalAddresses(frozenset(local_ips))
+        eng.masq_ip = local_ips[0] if local_ips else 0
+        eng.conntrack.flush()
+        eng.reset(table)
+
+    def route(self, packet: Packet, now: float) -> Decision:  # replaced per instance by Engine.route
+        return self.engine.route(packet, now)
+
+    def trace(self, packet: Packet, now: float) -> Trace:
+        eng = self.engine
+        steps: list[Step] = []
+        hit = eng.conntrack.lookup(packet[:5], now)
+        if hit is None:
+            ctstate = CT_NEW
+            if packet.proto == TCP and tcp_next_state(ORIGINAL, packet.flags, NONE) >= INVALID:
+                ctstate = CT_INVALID
+                steps.append(
+                    Step("conntrack", "no conntrack entry and this TCP segment cannot open one: ct state invalid")
+                )
+            else:
+                steps.append(Step("conntrack", "no conntrack entry: a new connection (ct state new)"))
+            reach = eng.reach(packet, now) if ctstate == CT_NEW else []
+            out, walk = eng.walk(packet, now, ctstate, steps=steps)
+            if ctstate == CT_NEW:
+                eng.commit_new(packet, out, now)
+        else:
+            entry, direction = hit
+            ok = eng.conntrack.update(entry, direction, packet.flags, now)
+            ctstate = CT_ESTABLISHED if ok else CT_INVALID
+            which = "original" if direction == ORIGINAL else "reply"
+            binding = f", DNAT to {int_to_ip(entry.dnat[0])}:{entry.dnat[1]}" if entry.dnat else ""
+            steps.append(
+                Step(
+                    "conntrack",
+                    f"conntrack entry found ({which} direction{binding}): ct state "
+                    + ("established; nat chains are not consulted again" if ok else "invalid"),
+                )
+            )
+            out, walk = eng.walk(packet, now, ctstate, entry, direction, steps=steps)
+            reach = []
+        return Trace(self.name, packet, out.decision, reach, steps, walk.affinity)
+
+    def dump(self) -> str:
+        return dump_commands(self.engine.table)
+
+    def dump_with(
+        self, show: str | None = None, fmt: str | None = None, stats: bool = False, rate: bool = False
+    ) -> str:
+        """`--show ruleset`: the table as `nft list ruleset` prints it (with
+        affinity entries); `--show conntrack`: `conntrack -L`."""
+        if stats or rate:
+            raise UsageError("the nftables mode has no counters (kube-proxy adds none)")
+        if fmt not in (None, "nft"):
+            raise UsageError(f"unknown --format {fmt!r} for the nftables mode (nft)")
+        if show in (None, "table"):
+            return self.dump()
+        if show == "ruleset":
+            return list_ruleset(self.engine.table)
+        if show == "conntrack":
+            return self.engine.conntrack.dump(0.0)
+        raise UsageError(f"unknown --show {show!r} for the nftables mode (table, ruleset, conntrack)")
+
+
+def load_table(text: str, filename: str) -> Table:
+    """The `ip kube-proxy` table of a captured ruleset, every rule parsed and
+    every chain and set it names present; one clear error otherwise."""
+    where = Where(file=filename)
+    try:
+        tables = parse_nft(text)
+    except SyntaxProblem as exc:
+        raise RulesetError(str(exc), where, f"line {exc.line}" if exc.line else "") from None
+    table = tables.get(("ip", "kube-proxy"))
+    if table is None:
+        found = ", ".join(f"{f} {n}" for f, n in tables) or "none"
+        raise RulesetError(f"no `table ip kube-proxy` in this ruleset (tables: {found})", where)
+    for chain in table.chains.values():
+        for rule in chain.rules:
+            try:
+                exprs = rule.exprs
+            except SyntaxProblem as exc:
+                raise RulesetError(str(exc), where, f"line {exc.line or rule.line}") from None
+            for target in _references(exprs):
+                kind, name = target
+                if (kind == "chain" and name not in table.chains) or (kind == "set" and name not in table.sets):
+                    raise RulesetError(
+                        f"chain {chain.name} refers to {kind} {name!r}, which is not in the table",
+                        where,
+                        f"line {rule.line}",
+                    )
+    for nset in table.sets.values():
+        if nset.is_map:
+            for verdict in nset.verdicts.values():
+                if len(verdict) == 2 and verdict[1] not in table.chains:
+                    raise RulesetError(
+                        f"map {nset.name} refers to chain {verdict[1]!r}, which is not in the table", where
+                    )
+    return table
+
+
+def _references(exprs: tuple[Any, ...]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for e in exprs:
+        if isinstance(e, VerdictExpr) and len(e.verdict) == 2:
+            out.append(("chain", e.verdict[1]))
+        elif isinstance(e, (VMap, Numgen)):
+            if isinstance(e, VMap) and e.map_name:
+                out.append(("set", e.map_name))
+            out += [("chain", v[1]) for _, v in e.anon if len(v) == 2]
+        elif isinstance(e, (Lookup, SetUpdate)):
+            out.append(("set", e.set_name))
+    return out
