@@ -224,6 +224,12 @@ def parse_scalar(field: str, word: str, line: int) -> tuple[int, int] | int | st
 
 
 def make_value(field: str, items: list[tuple[int, int] | int | str]) -> Value:
+    if field == CTSTATE:  # a bitmask: `{ established, related }` is `established,related`
+        bits = 0
+        for item in items:
+            assert isinstance(item, int)
+            bits |= item
+        return Value(frozenset({bits}))
     exact: set[int | str] = set()
     ranges: list[tuple[int, int]] = []
     prefixes: list[str] = []
@@ -505,7 +511,11 @@ def parse_value_list(ts: TokenStream, field: str) -> Value:
             items.append(parse_scalar(field, word, line))
         ts.next()
         return make_value(field, items)
-    return make_value(field, [parse_scalar(field, ts.next(), line)])
+    items = [parse_scalar(field, ts.next(), line)]
+    while field == CTSTATE and ts.peek() == ",":  # `ct state established,related`
+        ts.next()
+        items.append(parse_scalar(field, ts.next(), line))
+    return make_value(field, items)
 
 
 def parse_verdict(ts: TokenStream) -> VerdictT:
