@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from netem.cluster import Cluster, load_cluster
 from netem.packet import Packet, make_packet
@@ -18,7 +19,16 @@ from proxy_modes import registry
 from proxy_modes.base import ProxyMode
 from proxy_modes.view import NodeView, ProxyState, build_state, node_view
 
-__all__ = ["Emulator"]
+__all__ = ["Emulator", "examples_dir"]
+
+
+def examples_dir() -> Path:
+    """The bundled example cluster: kubenetem/examples in an installed wheel,
+    the top-level examples/ in a checkout."""
+    packaged = Path(__file__).resolve().parent / "examples"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "examples"
 
 
 @dataclass

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from netem.addr import Cidr, parse_cidr
 from netem.cluster import Cluster, ClusterBuilder
+from netem.gcpause import paused_gc
 from netem.objects import ContainerPort, Meta, Node, Pod, PodSpec, ProxyConfig, Service, ServicePort
 
 SERVICE_CIDR = parse_cidr("172.30.0.0/16")
@@ -42,6 +43,13 @@ def synthetic_cluster(
     """N services x M endpoints; deterministic (no randomness involved)."""
     if nodes > 75:
         raise ValueError("at most 75 nodes (one /16 of 10.180.0.0 upwards each)")
+    with paused_gc():
+        return _build(services, endpoints, nodes, affinity, node_ports, udp, mode)
+
+
+def _build(
+    services: int, endpoints: int, nodes: int, affinity: bool, node_ports: bool, udp: bool, mode: str
+) -> Cluster:
     builder = ClusterBuilder()
     config = ProxyConfig(mode=mode, cluster_cidrs=[parse_cidr("10.0.0.0/8")])
     builder.cluster.proxy_config = config
@@ -58,7 +66,9 @@ def synthetic_cluster(
         )
     protocol = "UDP" if udp else "TCP"
     container_ports = (ContainerPort("http", 8080, protocol),)
-    spec_cache: dict[str, PodSpec] = {}
+    names = [node_name(n) for n in range(nodes)]
+    specs = [PodSpec(ports=container_ports, node_name=name) for name in names]
+    add_pod = builder.add_pod
     pod_no = 0
     for i in range(services):
         ns, name = service_name(i)
@@ -73,12 +83,9 @@ def synthetic_cluster(
         )
         builder.add_service(svc)
         for j in range(endpoints):
-            node = node_name(pod_no % nodes)
+            # Pods of a node share one (read-only) spec, as a workload's do.
+            add_pod(Pod(Meta(f"{name}-{j}", ns, selector), specs[pod_no % nodes]))
             pod_no += 1
-            spec = spec_cache.get(node)
-            if spec is None:
-                spec = spec_cache[node] = PodSpec(ports=container_ports, node_name=node)
-            builder.add_pod(Pod(meta=Meta(name=f"{name}-{j}", namespace=ns, labels=selector), spec=spec))
     return builder.build()
 
 

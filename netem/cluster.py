@@ -15,9 +15,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .addr import Cidr
-from .endpointslices import PodIndex, mirror_endpoints, reconcile_service
+from .endpointslices import PodIndex, mirror_endpoints, node_zones, reconcile_service
 from .errors import KubenetemError, ValidationError, ValidationErrors, Where
 from .fields import Problems
+from .gcpause import paused_gc
 from .ipam import allocate_nodes, allocate_pod_ips, allocate_services
 from .manifests import Document, read_paths
 from .objects import (
@@ -34,6 +35,7 @@ from .objects import (
     Workload,
 )
 from .parse import (
+    CLUSTER_SCOPED,
     WORKLOAD_KINDS,
     fields_of,
     parse_endpoint_slice,
@@ -109,6 +111,7 @@ class ClusterBuilder:
         self.cluster = Cluster()
         self._seen: dict[tuple[str, str, str], Where] = {}
         self._pods: list[Pod] = []
+        self._pod_names: set[tuple[str, str]] = set()
         self._given_slices: list[EndpointSlice] = []
         self._endpoints: dict[tuple[str, str], list[tuple[list[SlicePort], list[SliceEndpoint]]]] = {}
         self._proxy_config_seen = False
@@ -137,7 +140,14 @@ class ClusterBuilder:
             self.cluster.services[svc.meta.key] = svc
 
     def add_pod(self, pod: Pod) -> None:
-        if self._claim("Pod", pod.meta):
+        meta = pod.meta
+        key = (meta.namespace, meta.name)
+        if key not in self._pod_names and meta.name:
+            # The common case, inlined: a large cluster adds 300,000 pods.
+            self._pod_names.add(key)
+            self._seen[("Pod", *key)] = meta.where
+            self._pods.append(pod)
+        elif self._claim("Pod", meta):
             self._pods.append(pod)
 
     def add_node(self, node: Node) -> None:
@@ -155,6 +165,7 @@ class ClusterBuilder:
         api_version = f.text("apiVersion", required=True)
         if not kind:
             return
+        f.where = where = _named_where(where, kind, obj.get("metadata"))
         served = API_VERSIONS.get(kind)
         if served is None:
             self.cluster.ignored[kind] += 1
@@ -213,6 +224,10 @@ class ClusterBuilder:
     # -- running the controllers ----------------------------------------------
 
     def build(self) -> Cluster:
+        with paused_gc():
+            return self._build()
+
+    def _build(self) -> Cluster:
         c = self.cluster
         self._nodes()
         self._check_slices()
@@ -223,8 +238,7 @@ class ClusterBuilder:
         counts = {n.name: 0 for n in nodes}
         explicit = [p for p in self._pods if p.spec.node_name]
         schedule(explicit, nodes, counts)
-        taken = {p.meta.key for p in self._pods}
-        generated = expand_workloads(c.workloads, nodes, taken, counts)
+        generated = expand_workloads(c.workloads, nodes, self._pod_names, counts)
         schedule([p for p in self._pods if not p.spec.node_name], nodes, counts)
         errors += check_node_names(self._pods, c.nodes)
         c.pods = self._pods + generated
@@ -254,15 +268,29 @@ class ClusterBuilder:
     def _endpoint_slices(self) -> None:
         c = self.cluster
         index = PodIndex(c.pods)
+        zones = node_zones(c.nodes)
         for key in sorted(c.services):
             svc = c.services[key]
             if svc.type == "ExternalName":
                 continue
             if svc.selector is not None:
-                made = reconcile_service(svc, index, c.nodes)
+                made = reconcile_service(svc, index, zones)
                 c.slices[key] = made + [s for s in c.slices.get(key, [])]
             elif key in self._endpoints:
                 c.slices[key] = c.slices.get(key, []) + mirror_endpoints(svc, self._endpoints[key])
+
+
+def _named_where(where: Where, kind: str, metadata: object) -> Where:
+    """The document's location labelled with its kind and name, when they can
+    be read, so even an error found before parsing says which object."""
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str):
+        return where.named(kind, "", "")
+    namespace = metadata.get("namespace")
+    if kind in CLUSTER_SCOPED:
+        namespace = ""
+    elif not isinstance(namespace, str) or not namespace:
+        namespace = "default"
+    return where.named(kind, namespace, metadata["name"])
 
 
 def build_cluster(documents: list[Document]) -> Cluster:
@@ -273,4 +301,5 @@ def build_cluster(documents: list[Document]) -> Cluster:
 
 
 def load_cluster(paths: list[str], stdin_text: str | None = None) -> Cluster:
-    return build_cluster(read_paths(paths, stdin_text))
+    with paused_gc():
+        return build_cluster(read_paths(paths, stdin_text))

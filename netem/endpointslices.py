@@ -85,25 +85,24 @@ def _resolve_ports(svc: Service, pod: Pod) -> tuple[SlicePort, ...]:
     return tuple(ports)
 
 
-def _endpoint(svc: Service, pod: Pod, nodes: dict[str, Node]) -> SliceEndpoint:
+def _endpoint(svc: Service, pod: Pod, zone: str) -> SliceEndpoint:
+    """podToEndpoint() of the EndpointSlice controller."""
     serving = pod.ready
     terminating = pod.meta.deletion_timestamp is not None
     ready = svc.publish_not_ready_addresses or (serving and not terminating)
-    node = nodes.get(pod.spec.node_name)
-    zone = node.meta.labels.get(LABEL_ZONE, "") if node else ""
-    hostname = ""
-    if pod.spec.hostname and pod.spec.subdomain == svc.meta.name:
-        hostname = pod.spec.hostname  # ShouldSetHostname
+    spec = pod.spec
+    # ShouldSetHostname: only when the pod's subdomain names this Service.
+    hostname = spec.hostname if spec.hostname and spec.subdomain == svc.meta.name else ""
     assert pod.pod_ip is not None
     return SliceEndpoint(
-        addresses=(pod.pod_ip,),
-        ready=ready,
-        serving=serving,
-        terminating=terminating,
-        node_name=pod.spec.node_name,
-        zone=zone,
-        hostname=hostname,
-        target_ref=("Pod", pod.meta.namespace, pod.meta.name),
+        (pod.pod_ip,),
+        ready,
+        serving,
+        terminating,
+        spec.node_name,
+        zone,
+        hostname,
+        ("Pod", pod.meta.namespace, pod.meta.name),
     )
 
 
@@ -116,10 +115,9 @@ def _apply_hints(svc: Service, endpoints: list[SliceEndpoint]) -> None:
         return
     if any(not ep.zone for ep in endpoints):
         return
-    for ep in endpoints:
-        ep.zone_hints = (ep.zone,)
-        if mode == "PreferSameNode" and ep.node_name:
-            ep.node_hints = (ep.node_name,)
+    for i, ep in enumerate(endpoints):
+        node_hints = (ep.node_name,) if mode == "PreferSameNode" and ep.node_name else ()
+        endpoints[i] = ep._replace(zone_hints=(ep.zone,), node_hints=node_hints)
 
 
 def _slice_meta(svc: Service, seed: str, managed_by: str) -> Meta:
@@ -132,15 +130,35 @@ def _slice_meta(svc: Service, seed: str, managed_by: str) -> Meta:
     return Meta(name=name, namespace=svc.meta.namespace, labels=labels, where=svc.meta.where)
 
 
-def reconcile_service(svc: Service, index: PodIndex, nodes: dict[str, Node]) -> list[EndpointSlice]:
-    """The slices the EndpointSlice controller keeps for one selector Service."""
+def node_zones(nodes: dict[str, Node]) -> dict[str, str]:
+    return {name: node.meta.labels.get(LABEL_ZONE, "") for name, node in nodes.items()}
+
+
+def reconcile_service(svc: Service, index: PodIndex, zones: dict[str, str]) -> list[EndpointSlice]:
+    """The slices the EndpointSlice controller keeps for one selector Service
+    (`zones`: each node's topology.kubernetes.io/zone label)."""
     assert svc.selector is not None
     ns, name = svc.meta.namespace, svc.meta.name
-    groups: dict[tuple[SlicePort, ...], list[SliceEndpoint]] = {}
+    # Pods of one workload share their ports tuple: resolve it once, and
+    # group by the identity of the resolved tuple (no hashing of ports).
+    resolved: dict[int, tuple[SlicePort, ...]] = {}
+    by_ports: dict[int, tuple[tuple[SlicePort, ...], list[SliceEndpoint]]] = {}
     for pod in index.select(ns, svc.selector):
         if not _in_endpoints(pod):
             continue
-        groups.setdefault(_resolve_ports(svc, pod), []).append(_endpoint(svc, pod, nodes))
+        ports = resolved.get(id(pod.spec.ports))
+        if ports is None:
+            ports = _resolve_ports(svc, pod)
+            for other in resolved.values():
+                if other == ports:
+                    ports = other  # same port set from another template: one slice group
+                    break
+            resolved[id(pod.spec.ports)] = ports
+        group = by_ports.get(id(ports))
+        if group is None:
+            group = by_ports[id(ports)] = (ports, [])
+        group[1].append(_endpoint(svc, pod, zones.get(pod.spec.node_name, "")))
+    groups = dict(by_ports.values())
     slices: list[EndpointSlice] = []
     for group_no, (ports, endpoints) in enumerate(sorted(groups.items(), key=lambda kv: _ports_key(kv[0]))):
         endpoints.sort(key=lambda ep: ep.addresses)

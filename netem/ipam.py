@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable
+from operator import attrgetter
 
 from .addr import Cidr, int_to_ip, parse_cidr
 from .errors import AllocationError, KubenetemError, ValidationError
@@ -233,12 +234,18 @@ def _subnets(cidrs: list[Cidr], mask: int) -> Iterable[Cidr]:
             yield Cidr(network, length)
 
 
+_pod_order = attrgetter("meta.namespace", "meta.name")
+
+
 def allocate_pod_ips(pods: list[Pod], nodes: dict[str, Node]) -> list[KubenetemError]:
     """Pod IPs from each node's podCIDR, in (namespace, name) order."""
     errors: list[KubenetemError] = []
     taken: set[int] = {p.pod_ip for p in pods if p.pod_ip is not None}
-    cursor: dict[str, int] = {}
-    for pod in sorted(pods, key=lambda p: p.meta.key):
+    # Per node: the next candidate and the last usable address of its podCIDR.
+    cursor: dict[str, list[int]] = {
+        name: [node.pod_cidrs[0].network + 2, node.pod_cidrs[0].last] for name, node in nodes.items() if node.pod_cidrs
+    }
+    for pod in sorted(pods, key=_pod_order):
         if pod.pod_ip is not None or pod.phase in ("Succeeded", "Failed"):
             continue
         node = nodes.get(pod.spec.node_name)
@@ -247,16 +254,16 @@ def allocate_pod_ips(pods: list[Pod], nodes: dict[str, Node]) -> list[KubenetemE
         if pod.spec.host_network:
             pod.pod_ip = node.internal_ip
             continue
-        if not node.pod_cidrs:
+        slot = cursor.get(node.name)
+        if slot is None:
             continue
-        cidr = node.pod_cidrs[0]
-        ip = cursor.get(node.name, cidr.network + 2)
-        while ip in taken:
-            ip += 1
-        if ip >= cidr.last:
-            errors.append(AllocationError(f"node {node.name}: podCIDR {cidr} is full", pod.meta.where))
+        ip = slot[0]
+        if taken:
+            while ip in taken:
+                ip += 1
+        if ip >= slot[1]:
+            errors.append(AllocationError(f"node {node.name}: podCIDR {node.pod_cidrs[0]} is full", pod.meta.where))
             continue
         pod.pod_ip = ip
-        taken.add(ip)
-        cursor[node.name] = ip + 1
+        slot[0] = ip + 1
     return errors

@@ -16,16 +16,79 @@ import os
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from .errors import InputError, Where
 
 try:
-    _Loader: type = yaml.CSafeLoader
+    _Base: type = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - PyYAML without libyaml
-    _Loader = yaml.SafeLoader
+    _Base = yaml.SafeLoader
+
+_STR = "tag:yaml.org,2002:str"
+_INT = "tag:yaml.org,2002:int"
+_BOOL = "tag:yaml.org,2002:bool"
+_NULL = "tag:yaml.org,2002:null"
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
+
+
+class _Loader(_Base):
+    """libyaml's parser and composer with the safe constructor's semantics,
+    two things faster: plain scalars' implicit tags are resolved once per
+    distinct value (manifests repeat "TCP", "app", "80" endlessly), and the
+    common tags (str, int, bool, null, map, seq) are built by `_fast` below.
+    Anything else (floats, timestamps, merge keys, aliases, odd int forms)
+    makes the whole document go through SafeConstructor, unchanged."""
+
+    _tags: ClassVar[dict[tuple[str, bool], str]] = {}
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        if kind is yaml.ScalarNode and implicit[0]:
+            key = (value, implicit[1])
+            tag = self._tags.get(key)
+            if tag is None:
+                tag = super().resolve(kind, value, implicit)
+                if len(self._tags) < 100_000:
+                    self._tags[key] = tag
+            return tag
+        return super().resolve(kind, value, implicit)
+
+
+class _Fallback(Exception):
+    pass
+
+
+def _fast(node: Any, seen: set[int], bools: dict[str, bool]) -> Any:
+    if id(node) in seen:
+        raise _Fallback  # an alias: let SafeConstructor share the object
+    seen.add(id(node))
+    tag = node.tag
+    if tag == _STR:
+        return node.value
+    if tag == _MAP:
+        out = {}
+        for key_node, value_node in node.value:
+            key = _fast(key_node, seen, bools)
+            if isinstance(key, (dict, list)):
+                raise _Fallback  # unhashable key: SafeConstructor reports it
+            out[key] = _fast(value_node, seen, bools)
+        return out
+    if tag == _SEQ:
+        return [_fast(item, seen, bools) for item in node.value]
+    if tag == _INT:
+        value = node.value
+        if value.isdigit() and (value[0] != "0" or value == "0"):
+            return int(value)
+        raise _Fallback  # signs, 0x, YAML 1.1 octal and sexagesimal forms
+    if tag == _BOOL:
+        return bools[node.value.lower()]
+    if tag == _NULL:
+        return None
+    raise _Fallback
+
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -100,9 +163,25 @@ def _load_json(text: str, filename: str) -> list[Any]:
         raise InputError("invalid JSON: nested too deeply", Where(filename)) from None
 
 
+def _documents(text: str) -> list[Any]:
+    loader = _Loader(text)
+    try:
+        docs = []
+        bools = loader.bool_values
+        while loader.check_node():
+            node = loader.get_node()
+            try:
+                docs.append(_fast(node, set(), bools))
+            except _Fallback:
+                docs.append(loader.construct_document(node))
+        return docs
+    finally:
+        loader.dispose()
+
+
 def _load_yaml(text: str, filename: str) -> list[Any]:
     try:
-        return list(yaml.load_all(text, Loader=_Loader))
+        return _documents(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         position = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""

@@ -11,10 +11,12 @@ them in (ClusterIPs, NodePorts, pod IPs, node assignment) once, at load time.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .addr import Cidr
 from .errors import Where
+
+NO_WHERE = Where()
 
 # Well-known labels and annotations.
 LABEL_ZONE = "topology.kubernetes.io/zone"
@@ -35,7 +37,7 @@ class Meta:
     uid: str = ""
     creation_timestamp: str | None = None
     deletion_timestamp: str | None = None
-    where: Where = field(default_factory=Where)
+    where: Where = NO_WHERE
 
     @property
     def key(self) -> tuple[str, str]:
@@ -195,8 +197,10 @@ class Service:
         return self.type in ("LoadBalancer", "NodePort") or (self.type == "ClusterIP" and bool(self.external_ips))
 
 
-@dataclass(slots=True)
-class SliceEndpoint:
+class SliceEndpoint(NamedTuple):
+    """One endpoint of an EndpointSlice (a NamedTuple: there are 300,000 of
+    them in a large cluster and they are built far more often than read)."""
+
     addresses: tuple[int, ...]
     ready: bool | None = True
     serving: bool | None = True
@@ -280,7 +284,7 @@ class ProxyConfig:
     conntrack_tcp_close_wait: float = 3600
     conntrack_udp: float = 0
     conntrack_udp_stream: float = 0
-    where: Where = field(default_factory=Where)
+    where: Where = NO_WHERE
     given: bool = False  # a KubeProxyConfiguration was in the input
 
     @property

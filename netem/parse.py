@@ -172,7 +172,7 @@ def _service_ports(spec: Fields, svc: Service) -> None:
             pf.error(v.protocol(protocol), "protocol", protocol)
             protocol = "TCP"
         port = pf.number("port", required=True)
-        if pf.has("port") and v.port_number(port):
+        if _is_int(pf.raw("port")) and v.port_number(port):
             pf.error(v.port_number(port), "port", port)
         if (port, protocol) in seen_ports:
             pf.error("Duplicate value", "", {"port": port, "protocol": protocol})
@@ -185,6 +185,10 @@ def _service_ports(spec: Fields, svc: Service) -> None:
         svc.ports.append(ServicePort(name, protocol, port, target, node_port, pf.text("appProtocol")))
     if not svc.ports and svc.type != "ExternalName" and not svc.headless:
         spec.error("Required value", "ports")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _target_port(pf: Fields) -> int | str:
@@ -293,7 +297,7 @@ def parse_pod_spec(spec: Fields, require_containers: bool = True) -> PodSpec:
             containers += container_key == "containers"
             for p in c.items("ports"):
                 number = p.number("containerPort", required=True)
-                if p.has("containerPort") and v.port_number(number):
+                if _is_int(p.raw("containerPort")) and v.port_number(number):
                     p.error(v.port_number(number), "containerPort", number)
                 name = p.text("name")
                 if name:
@@ -508,7 +512,7 @@ def parse_endpoint_slice(f: Fields) -> EndpointSlice:
         )
     for p in f.items("ports"):
         port = p.number("port") if p.has("port") else None
-        if port is not None and v.port_number(port):
+        if port is not None and _is_int(p.raw("port")) and v.port_number(port):
             p.error(v.port_number(port), "port", port)
         protocol = p.text("protocol", "TCP")
         if v.protocol(protocol):
@@ -538,7 +542,7 @@ def parse_endpoints(f: Fields) -> tuple[Meta, list[tuple[list[SlicePort], list[S
         ports = []
         for p in s.items("ports"):
             port = p.number("port", required=True)
-            if p.has("port") and v.port_number(port):
+            if _is_int(p.raw("port")) and v.port_number(port):
                 p.error(v.port_number(port), "port", port)
             ports.append(SlicePort(p.text("name"), port, p.text("protocol", "TCP"), p.text("appProtocol")))
         endpoints = []

@@ -4,9 +4,10 @@ Deployments, ReplicaSets, StatefulSets and DaemonSets become Pods named the
 way their controllers name them: `<deployment>-<pod-template-hash>-<5 chars>`,
 `<statefulset>-<ordinal>`, `<daemonset>-<5 chars>`. The suffix alphabet and
 the encoding of the template hash are Kubernetes' own (rand.SafeEncodeString
-over "bcdfghjklmnpqrstvwxz2456789"); the hash itself is FNV-32a of the
-template's canonical JSON, where Kubernetes hashes a Go dump of the struct,
-so names look real and are stable but do not equal a real cluster's.
+over "bcdfghjklmnpqrstvwxz2456789"); the hashes are CRC-32s of the template's
+canonical JSON and of the pod's place, where Kubernetes uses FNV-32a of a Go
+dump and a random suffix, so names look real and are stable but do not equal
+a real cluster's.
 
 Scheduling stands in for kube-scheduler's spreading: a pod goes to the
 eligible node (schedulable, Ready, taints tolerated, nodeSelector matched)
@@ -15,9 +16,9 @@ with the fewest pods, ties broken by node name.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import json
+import zlib
 from typing import Any
 
 from .errors import KubenetemError, ValidationError
@@ -32,26 +33,24 @@ def safe_encode(text: str) -> str:
     return "".join(ALPHANUMS[ord(ch) % len(ALPHANUMS)] for ch in text)
 
 
-def fnv32a(data: bytes) -> int:
-    h = 0x811C9DC5
-    for byte in data:
-        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
-    return h
-
-
 def template_hash(template: dict[str, Any]) -> str:
+    """The pod-template-hash label: a 32-bit hash of the template, its decimal
+    digits encoded with SafeEncodeString, as ComputeHash() does. (Kubernetes
+    hashes with FNV-32a over a Go dump of the struct; we hash the canonical
+    JSON with CRC-32, which is as stable and runs in C.)"""
     canonical = json.dumps(template, sort_keys=True, separators=(",", ":"), default=str)
-    return safe_encode(str(fnv32a(canonical.encode())))
+    return safe_encode(str(zlib.crc32(canonical.encode())))
 
 
-def name_suffix(seed: str, length: int = 5) -> str:
-    """Five characters of the generateName alphabet, derived from a seed."""
-    value = int.from_bytes(hashlib.blake2b(seed.encode(), digest_size=8).digest(), "big")
-    out = []
-    for _ in range(length):
-        value, digit = divmod(value, len(ALPHANUMS))
-        out.append(ALPHANUMS[digit])
-    return "".join(out)
+_ALPHABET_SIZE = len(ALPHANUMS)
+
+
+def name_suffix(seed: str) -> str:
+    """Five characters of the generateName alphabet, derived from a seed
+    (27**5 < 2**32, so one CRC-32 gives all five)."""
+    value = zlib.crc32(seed.encode())
+    a, b, c, d, e = (value // _ALPHABET_SIZE**i % _ALPHABET_SIZE for i in range(5))
+    return ALPHANUMS[a] + ALPHANUMS[b] + ALPHANUMS[c] + ALPHANUMS[d] + ALPHANUMS[e]
 
 
 def generate_name(base: str, seed: str) -> str:
@@ -129,28 +128,25 @@ def _unique(namespace: str, base: str, seed: str, taken: set[tuple[str, str]]) -
         attempt += 1
 
 
-def _pod_spec(template: PodSpec) -> PodSpec:
+def _pod_spec(t: PodSpec) -> PodSpec:
+    """A pod's own copy of its template's spec (it gets its own nodeName)."""
     return PodSpec(
-        ports=template.ports,
-        node_name=template.node_name,
-        node_selector=template.node_selector,
-        tolerations=template.tolerations,
-        host_network=template.host_network,
-        hostname=template.hostname,
-        subdomain=template.subdomain,
-        restart_policy=template.restart_policy,
-        containers=template.containers,
+        t.ports,
+        t.node_name,
+        t.node_selector,
+        t.tolerations,
+        t.host_network,
+        t.hostname,
+        t.subdomain,
+        t.restart_policy,
+        t.containers,
     )
 
 
 def _pod(w: Workload, name: str, labels: dict[str, str], spec: PodSpec, owner: tuple[str, str]) -> Pod:
-    meta = Meta(
-        name=name,
-        namespace=w.meta.namespace,
-        labels=labels,
-        annotations=dict(w.template_meta.annotations),
-        where=w.meta.where,
-    )
+    # Labels and annotations dicts are shared with the template: nothing
+    # downstream mutates them.
+    meta = Meta(name, w.meta.namespace, labels, w.template_meta.annotations, where=w.meta.where)
     return Pod(meta=meta, spec=spec, owner=owner)
 
 

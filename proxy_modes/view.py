@@ -20,9 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from netem.addr import Cidr, int_to_ip
 from netem.cluster import Cluster
+from netem.gcpause import paused_gc
 from netem.ipam import DEFAULT_SERVICE_CIDR
 from netem.objects import EndpointSlice, ProxyConfig, Service
 from netem.packet import K8S_PROTOCOLS
@@ -85,9 +87,12 @@ class ServicePortInfo:
         return self.internal_policy_local or (self.external_policy_local and self.externally_accessible)
 
 
-@dataclass(frozen=True, slots=True)
-class EndpointInfo:
-    """BaseEndpointInfo, without `isLocal`: that depends on the node asking."""
+_NO_HINTS: frozenset[str] = frozenset()
+
+
+class EndpointInfo(NamedTuple):
+    """BaseEndpointInfo, without `isLocal`: that depends on the node asking.
+    A NamedTuple because a large cluster has hundreds of thousands."""
 
     ip: int
     port: int
@@ -97,8 +102,8 @@ class EndpointInfo:
     terminating: bool = False
     node_name: str = ""
     zone: str = ""
-    zone_hints: frozenset[str] = frozenset()
-    node_hints: frozenset[str] = frozenset()
+    zone_hints: frozenset[str] = _NO_HINTS
+    node_hints: frozenset[str] = _NO_HINTS
 
     def __str__(self) -> str:
         return self.text
@@ -292,6 +297,9 @@ def service_entry(svc: Service, slices: list[EndpointSlice]) -> ServiceEntry | N
 def _endpoints_map(
     slices: list[EndpointSlice], by_name: dict[tuple[str, str], ServicePortName]
 ) -> dict[ServicePortName, tuple[EndpointInfo, ...]]:
+    """EndpointSliceCache.endpointInfoByServicePort: endpoints matched to
+    service ports by port name and protocol, de-duplicated by `ip:port`
+    (the first slice wins), sorted by that text (byEndpoint)."""
     found: dict[ServicePortName, dict[str, EndpointInfo]] = {}
     for s in slices:
         if s.address_type != "IPv4":
@@ -301,35 +309,37 @@ def _endpoints_map(
             if spn is None or not sp.port:
                 continue
             bucket = found.setdefault(spn, {})
+            suffix = f":{sp.port}"
             port = sp.port
             for ep in s.endpoints:
                 if not ep.addresses:
                     continue
                 ip = ep.addresses[0]
-                text = f"{int_to_ip(ip)}:{port}"
+                text = int_to_ip(ip) + suffix
                 if text in bucket:
                     continue
                 bucket[text] = EndpointInfo(
                     ip,
                     port,
                     text,
-                    ready=ep.ready is None or ep.ready,
-                    serving=ep.serving is None or ep.serving,
-                    terminating=bool(ep.terminating),
-                    node_name=ep.node_name,
-                    zone=ep.zone,
-                    zone_hints=frozenset(ep.zone_hints),
-                    node_hints=frozenset(ep.node_hints),
+                    ep.ready is not False,
+                    ep.serving is not False,
+                    ep.terminating is True,
+                    ep.node_name,
+                    ep.zone,
+                    frozenset(ep.zone_hints) if ep.zone_hints else _NO_HINTS,
+                    frozenset(ep.node_hints) if ep.node_hints else _NO_HINTS,
                 )
     return {spn: tuple(bucket[k] for k in sorted(bucket)) for spn, bucket in found.items() if bucket}
 
 
 def build_state(cluster: Cluster) -> ProxyState:
     entries: dict[NamespacedName, ServiceEntry] = {}
-    for key, svc in cluster.services.items():
-        entry = service_entry(svc, cluster.slices.get(key, []))
-        if entry is not None:
-            entries[key] = entry
+    with paused_gc():
+        for key, svc in cluster.services.items():
+            entry = service_entry(svc, cluster.slices.get(key, []))
+            if entry is not None:
+                entries[key] = entry
     return ProxyState(entries)
 
 

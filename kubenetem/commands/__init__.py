@@ -9,4 +9,5 @@ COMMANDS = [
     "validate",
     "rules",
     "trace",
+    "demo",
 ]

@@ -1,0 +1,30 @@
+"""Pausing the cyclic garbage collector while building large object graphs.
+
+Loading a 30,000-service cluster allocates millions of small objects and no
+cycles worth collecting; CPython's generational collector would otherwise
+run hundreds of full passes over the growing heap (more than half of the
+build time, measured). Builders wrap themselves in `paused_gc()`; nesting is
+fine and the collector is re-enabled only by the outermost one, after
+`gc.freeze()` has moved what was built into the permanent generation, so the
+first collection afterwards does not walk the whole new heap either. Frozen
+objects are still freed by reference counting when dropped; the model holds
+no reference cycles.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.freeze()
+            gc.enable()
