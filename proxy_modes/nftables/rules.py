@@ -502,9 +502,12 @@ class Syncer:
         for set_name in new.affinity_sets:
             if set_name not in old.affinity_sets:
                 out.append(set_decl(t, t.sets[set_name]))
+        # Every chain exists before a rule refers to it (syncProxyRules
+        # ensures the endpoint chains first, then writes the rules).
         for chain in new.chains:
             out.append(chain_decl(t, t.chains[chain]))
             out.append(f"flush chain {prefix} {chain}")
+        for chain in new.chains:
             out += [f"add rule {prefix} {chain} {rule.text()}" for rule in t.chains[chain].rules]
         for (set_name, key), value in new.elements.items():
             before = old.elements.get((set_name, key))

@@ -15,7 +15,7 @@ import random
 from fractions import Fraction
 
 import pytest
-from nftkp import (
+from nft_helpers import (
     EXTERNAL_CLIENT,
     EXTERNAL_CLIENT_BLOCKED,
     NODE_IP,

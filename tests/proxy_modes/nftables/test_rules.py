@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from nftkp import NODE_IP, Flows, Port, Svc, config, signature, view
+from nft_helpers import NODE_IP, Flows, Port, Svc, config, signature, view
 
 from netem.addr import parse_cidr
 from proxy_modes.nftables.engine import NftablesMode
