@@ -635,10 +635,12 @@ class Engine:
         self.hooks: dict[str, list[Chain]] = {}
         self.reset(table)
 
-    def reset(self, table: Table) -> None:
-        """A new or changed table: hooks re-read, plans forgotten."""
+    def reset(self, table: Table, same_base_chains: bool = False) -> None:
+        """A new or changed table: plans forgotten, base chains re-read
+        (a partial sync never touches them)."""
+        if not same_base_chains or table is not self.table:
+            self.hooks = {h: table.base_chains(h) for h in ("prerouting", "input", "forward", "output", "postrouting")}
         self.table = table
-        self.hooks = {h: table.base_chains(h) for h in ("prerouting", "input", "forward", "output", "postrouting")}
         self.plans.clear()
 
     # -- literal -----------------------------------------------------------------
@@ -810,6 +812,9 @@ def clean_stale_udp(conntrack: Conntrack, view: NodeView) -> int:
     UDP service's IP (or NodePort) and whose reply source is not one of that
     service's serving endpoints is deleted, so the next datagram is balanced
     again. Keyed by address only, the last port listed winning, as there."""
+    udp = [entry for entry in conntrack.entries() if entry.orig[0] == UDP]
+    if not udp:
+        return 0
     by_ip: dict[int, set[int]] = {}
     by_node_port: dict[int, set[int]] = {}
     for info in view.service_ports():
@@ -823,9 +828,7 @@ def clean_stale_udp(conntrack: Conntrack, view: NodeView) -> int:
     if not by_ip and not by_node_port:
         return 0
     stale = []
-    for entry in conntrack.entries():
-        if entry.orig[0] != UDP:
-            continue
+    for entry in udp:
         reply_src = entry.reply[1]
         to_ip = by_ip.get(entry.orig[3])
         to_port = by_node_port.get(entry.orig[4])
@@ -860,9 +863,9 @@ class NftablesMode:
         eng = self.engine
         eng.local = LocalAddresses(frozenset(view.node_ips))
         eng.masq_ip = view.node_ip
-        eng.reset(self.syncer.table)
+        eng.reset(self.syncer.table, same_base_chains=result.partial)
         clean_stale_udp(eng.conntrack, view)
-        return Ruleset(result.text, self.syncer.table.rule_count(), result.partial, result.changed)
+        return Ruleset(result.text, self.syncer.rules, result.partial, result.changed)
 
     def load_capture(self, text: str, local_ips: list[int], filename: str) -> None:
         """A ruleset captured on a node (`nft list ruleset`, or an `nft -f` file):

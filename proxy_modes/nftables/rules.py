@@ -33,12 +33,12 @@ the same with `ip6`/`ipv6_addr`).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from netem.addr import Cidr, int_to_ip, parse_cidr
+from netem.gcpause import paused_gc
 from netem.packet import PROTO_NAMES
 
 from ..changes import diff_states
@@ -102,11 +102,18 @@ DROP: VerdictT = ("drop",)
 CHAIN_NAME_BASE_MAX = 240
 
 
+_B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"  # RFC 4648, as Go's base32.StdEncoding
+_B32_PAIRS = tuple(a + b for a in _B32 for b in _B32)
+
+
 def hash_and_truncate(name: str) -> str:
     """hashAndTruncate: 8 base32 characters of SHA-256(name), `-`, the name,
     cut to 240 characters with `...` (never for IPv4 service names)."""
-    digest = hashlib.sha256(name.encode()).digest()
-    out = base64.b32encode(digest)[:8].decode() + "-" + name
+    # The first 8 base32 characters encode exactly the first 5 bytes (40 bits),
+    # two characters per 10 bits (base64.b32encode, done by table lookup).
+    n = int.from_bytes(hashlib.sha256(name.encode()).digest()[:5], "big")
+    out = _B32_PAIRS[n >> 30] + _B32_PAIRS[(n >> 20) & 1023] + _B32_PAIRS[(n >> 10) & 1023] + _B32_PAIRS[n & 1023]
+    out += "-" + name
     return out if len(out) <= CHAIN_NAME_BASE_MAX else out[: CHAIN_NAME_BASE_MAX - 3] + "..."
 
 
@@ -116,11 +123,15 @@ def service_chain_base(spn: ServicePortName) -> str:
     return hash_and_truncate(f"{spn.namespace}/{spn.name}/{spn.protocol.lower()}/{spn.port}")
 
 
-@lru_cache(maxsize=1 << 20)
 def endpoint_chain_base(spn: ServicePortName, endpoint: str) -> str:
     """servicePortEndpointChainNameBase: e.g. `5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80`."""
     ip, _, port = endpoint.rpartition(":")
-    return hash_and_truncate(f"{spn.namespace}/{spn.name}/{spn.protocol.lower()}/{spn.port}__{ip}/{port}")
+    return _hashed(f"{spn.namespace}/{spn.name}/{spn.protocol.lower()}/{spn.port}__{ip}/{port}")
+
+
+# Names are hashed once: a resync of an unchanged endpoint costs a dict lookup
+# on a string whose hash Python keeps (kube-proxy caches them in endpointInfo).
+_hashed = lru_cache(maxsize=1 << 20)(hash_and_truncate)
 
 
 def parse_chain_service(chain: str) -> ServicePortName | None:
@@ -299,7 +310,9 @@ class ServiceWriter:
         cat = self.view.categorize(info)
         has_any = cat.has_any
         affinity = info.session_affinity
-        ep_chains = {ep.text: "endpoint-" + endpoint_chain_base(spn, ep.text) for ep in cat.all_reachable}
+        # IPv4 endpoints: `10.180.0.1:80` names its chain `.../p80__10.180.0.1/80`.
+        ep_prefix = f"{spn.namespace}/{spn.name}/{proto}/{spn.port}__"
+        ep_chains = {ep.text: "endpoint-" + _hashed(ep_prefix + ep.text.replace(":", "/")) for ep in cat.all_reachable}
 
         uses_cluster = bool(cat.cluster) and info.uses_cluster_endpoints
         uses_local = bool(cat.local) and info.uses_local_endpoints
@@ -354,8 +367,13 @@ class ServiceWriter:
             self.chain(external_chain)
         if uses_fw:
             self.chain(fw_chain)
+        chains, owned = self.t.chains, self.owned.chains
         for chain in ep_chains.values():
-            self.chain(chain)
+            if chain in chains:
+                chains[chain].rules.clear()
+            else:
+                chains[chain] = Chain(chain, None, None, [])
+            owned.append(chain)
         s = self.s
         if has_internal:
             masq = f"ip daddr {int_to_ip(info.cluster_ip)}"
@@ -393,13 +411,15 @@ class ServiceWriter:
             self.endpoint_rules(cluster_chain, cat.cluster, ep_chains, affinity)
         if uses_local:
             self.endpoint_rules(local_chain, cat.local, ep_chains, affinity)
+        dnat = f"meta l4proto {proto} dnat to "
         for ep in cat.all_reachable:
-            chain = ep_chains[ep.text]
-            rules = self.t.chains[chain].rules
-            rules.append(Rule(f"ip saddr {int_to_ip(ep.ip)} jump {MARK_MASQ}"))
+            text = ep.text
+            chain = ep_chains[text]
+            rules = chains[chain].rules
+            rules.append(Rule(f"ip saddr {text[: text.rindex(':')]} jump {MARK_MASQ}"))
             if affinity:
-                rules.append(Rule(f"update @affinity-{chain[len('endpoint-') :]} {{ ip saddr }}"))
-            rules.append(Rule(f"meta l4proto {proto} dnat to {ep.text}"))
+                rules.append(Rule(f"update @affinity-{chain[9:]} {{ ip saddr }}"))  # 9: len("endpoint-")
+            rules.append(Rule(dnat + text))
 
     def endpoint_rules(
         self, chain: str, endpoints: tuple[EndpointInfo, ...], ep_chains: dict[str, str], affinity: bool
@@ -439,6 +459,7 @@ class Syncer:
         self.view: NodeView | None = None
         self.owned: dict[NamespacedName, Owned] = {}
         self.stale_chains: set[str] = set()
+        self.rules = 0  # rules in the table, kept up to date by partial syncs
 
     def sync(self, view: NodeView) -> SyncResult:
         settings = node_settings(view)
@@ -447,13 +468,18 @@ class Syncer:
         return self.partial(view)
 
     def full(self, view: NodeView, settings: NodeSettings) -> SyncResult:
-        table = base_table(settings)
-        owned: dict[NamespacedName, Owned] = {}
-        for name, entry in view.state.entries.items():
-            owned[name] = write_service(table, settings, view, entry)
-        self.table, self.settings, self.view, self.owned = table, settings, view, owned
-        self.stale_chains = set()
-        return SyncResult(dump_commands(table), False, len(owned))
+        # Hundreds of thousands of small objects and no cycles: the collector
+        # would only slow the build down (netem.gcpause).
+        with paused_gc():
+            table = base_table(settings)
+            owned: dict[NamespacedName, Owned] = {}
+            for name, entry in view.state.entries.items():
+                owned[name] = write_service(table, settings, view, entry)
+            self.table, self.settings, self.view, self.owned = table, settings, view, owned
+            self.stale_chains = set()
+            self.rules = table.rule_count()
+            text = dump_commands(table)
+        return SyncResult(text, False, len(owned))
 
     def partial(self, view: NodeView) -> SyncResult:
         assert self.view is not None and self.settings is not None
@@ -470,7 +496,9 @@ class Syncer:
         deletions: list[str] = []
         for name, (_, entry) in sorted(changes.items()):
             old = self.owned.pop(name, Owned())
+            self.rules -= sum(len(t.chains[c].rules) for c in old.chains if c in t.chains)
             new = Owned() if entry is None else write_service(t, self.settings, view, entry)
+            self.rules += sum(len(t.chains[c].rules) for c in new.chains)
             if entry is not None:
                 self.owned[name] = new
             out += self._emit_service(old, new)

@@ -18,7 +18,6 @@ or loading 100,000 endpoint chains costs no parsing until a packet needs them.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from . import syntax
@@ -622,33 +621,29 @@ def dump_commands(table: Table, with_dynamic: bool = False) -> str:
     """The table as knftables' fake Dump() writes it; loadable with `nft -f`.
     Members of dynamic sets are the kernel's, not kube-proxy's: left out
     unless `with_dynamic`."""
-    return "".join(line + "\n" for line in _dump_lines(table, with_dynamic))
-
-
-def _dump_lines(table: Table, with_dynamic: bool) -> Iterator[str]:
     prefix = _prefix(table)
     comment = f" {{ comment {quote(table.comment)} ; }}" if table.comment is not None else ""
-    yield f"add table {prefix}{comment}"
+    out = [f"add table {prefix}{comment}"]
     chains = sorted(table.chains)
     sets = sorted(n for n, s in table.sets.items() if not s.is_map)
     maps = sorted(n for n, s in table.sets.items() if s.is_map)
+    plain = f"add chain {prefix} "
     for name in chains:
-        yield chain_decl(table, table.chains[name])
-    for name in sets + maps:
-        yield set_decl(table, table.sets[name])
+        chain = table.chains[name]
+        out.append(plain + name if chain.base is None and chain.comment is None else chain_decl(table, chain))
+    out += [set_decl(table, table.sets[name]) for name in sets + maps]
     for name in chains:
         head = f"add rule {prefix} {name} "
-        for rule in table.chains[name].rules:
-            yield head + rule.text()
+        out += [head + (r.body if r.comment is None else r.text()) for r in table.chains[name].rules]
     for name in sets + maps:
         nset = table.sets[name]
         if nset.dynamic and not with_dynamic:
             continue
         head = f"add element {prefix} {name} {{ "
-        for key in sorted(nset.keys(), key=_sort_key):
-            yield head + element_text(nset, key) + " }"
-        for lo, hi in nset.intervals:
-            yield head + syntax.format_range(nset.fields[0], lo, hi) + " }"
+        out += [head + element_text(nset, key) + " }" for key in sorted(nset.keys(), key=_sort_key)]
+        out += [head + syntax.format_range(nset.fields[0], lo, hi) + " }" for lo, hi in nset.intervals]
+    out.append("")
+    return "\n".join(out)
 
 
 def _sort_key(key: Key) -> tuple[str, ...]:
