@@ -632,6 +632,7 @@ class Engine:
         self.masq_ip = masq_ip
         self.conntrack = Conntrack()
         self.plans: dict[tuple[Any, ...], Plan] = {}
+        self.fast: dict[tuple[int, int, int], Plan] = {}  # new, forwarded: (dst, dport, proto) -> plan
         self.hooks: dict[str, list[Chain]] = {}
         self.reset(table)
 
@@ -642,6 +643,7 @@ class Engine:
             self.hooks = {h: table.base_chains(h) for h in ("prerouting", "input", "forward", "output", "postrouting")}
         self.table = table
         self.plans.clear()
+        self.fast.clear()
 
     # -- literal -----------------------------------------------------------------
 
@@ -716,14 +718,17 @@ class Engine:
     # -- routing -------------------------------------------------------------------
 
     def new_plan(self, packet: Packet, now: float, ctstate: int) -> Plan:
+        """The plan for a new connection's destination; False: walk literally."""
         key = (ctstate, packet.dst, packet.proto, packet.dport, packet.local, packet.iif)
         plan = self.plans.get(key)
         if plan is None:
             try:
                 plan = self.compile_plan(packet, now, ctstate)
             except Unsupported:
-                plan = None
-            self.plans[key] = plan if plan is not None else False
+                plan = False
+            self.plans[key] = plan
+            if ctstate == CT_NEW and not packet.local and not packet.iif:
+                self.fast[(packet.dst, packet.dport, packet.proto)] = plan
         return plan
 
     def run_plan(self, plan: Plan, src: int, now: float) -> Outcome:
@@ -758,7 +763,33 @@ class Engine:
 
     def decide(self, packet: Packet, now: float) -> Outcome:
         """The ruleset's answer for the first packet of a connection: the plan
-        for its destination run on its source address (compiled on first use)."""
+        for its destination run on its source address (compiled on first use).
+        The common case (a forwarded packet that can open a connection) is one
+        lookup keyed by destination; run_plan is inlined."""
+        proto = packet[0]
+        if (proto == TCP and not _TCP_OPENS[packet[7] & 0xFF]) or packet[5] or packet[6]:
+            return self._decide_other(packet, now)
+        plan = self.fast.get((packet[3], packet[4], proto))
+        if plan is None:
+            plan = self.new_plan(packet, now, CT_NEW)
+        if plan is False:
+            return self.walk(packet, now, CT_NEW)[0]
+        node = plan
+        src = packet[1]
+        while node.__class__ is tuple:
+            op = node[0]
+            if op == RANGE:
+                node = node[3] if node[1] <= src <= node[2] else node[4]
+            elif op == NUMGEN:
+                node = node[2][(self.rng.getrandbits(32) * node[1]) >> 32]
+            elif op == MEMBER:
+                expires = node[1].get(src, _MISSING)
+                node = node[2] if expires is not _MISSING and (expires is None or now < expires) else node[3]
+            else:
+                node = node[2] if node[1].test(src) else node[3]
+        return node
+
+    def _decide_other(self, packet: Packet, now: float) -> Outcome:
         ctstate = CT_INVALID if packet[0] == TCP and not _TCP_OPENS[packet[7] & 0xFF] else CT_NEW
         plan = self.plans.get((ctstate, packet[3], packet[0], packet[4], packet[5], packet[6]))
         if plan is None:
