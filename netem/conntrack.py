@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .addr import int_to_ip
-from .packet import ACK, FIN, RST, SCTP, SYN, TCP, UDP, Flow, proto_name, reply_flow
+from .packet import ACK, FIN, RST, SCTP, SYN, TCP, UDP, Flow, proto_name
 
 # TCP conntrack states, in the kernel's order (enum tcp_conntrack).
 NONE, SYN_SENT, SYN_RECV, ESTABLISHED, FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE, SYN_SENT2 = range(10)
@@ -80,8 +80,14 @@ def tcp_packet_class(flags: int) -> int:
     return _NONE
 
 
+# The packet class of every flag byte, and the state a first packet opens:
+# lookups instead of branches on the hot path.
+_CLASS_OF_FLAGS = tuple(tcp_packet_class(f) for f in range(256))
+_NEW_TCP_STATE = tuple(_TCP_TABLE[0][c][NONE] for c in _CLASS_OF_FLAGS)
+
+
 def tcp_next_state(direction: int, flags: int, state: int) -> int:
-    return _TCP_TABLE[direction][tcp_packet_class(flags)][state]
+    return _TCP_TABLE[direction][_CLASS_OF_FLAGS[flags & 0xFF]][state]
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,20 +178,22 @@ class Conntrack:
     """The connection table of one network namespace (one node)."""
 
     timeouts: Timeouts = KERNEL_TIMEOUTS
-    _by_tuple: dict[Flow, tuple[CtEntry, int]] = field(default_factory=dict)
+    # Both tuples of every entry map to it; the direction of a hit is whether
+    # the packet's tuple is the entry's original one.
+    _by_tuple: dict[Flow, CtEntry] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self._by_tuple) // 2
 
     def lookup(self, flow: Flow, now: float) -> tuple[CtEntry, int] | None:
         """The entry a packet with this tuple belongs to and its direction."""
-        hit = self._by_tuple.get(flow)
-        if hit is None:
+        entry = self._by_tuple.get(flow)
+        if entry is None:
             return None
-        if hit[0].expires <= now:
-            self._remove(hit[0])
+        if entry.expires <= now:
+            self._remove(entry)
             return None
-        return hit
+        return entry, (ORIGINAL if entry.orig == flow else REPLY)
 
     def reply_tuple_taken(self, flow: Flow, now: float) -> bool:
         return self.lookup(flow, now) is not None
@@ -206,21 +214,27 @@ class Conntrack:
         kernel marks it INVALID and tracks nothing), e.g. a bare FIN.
         """
         proto = orig[0]
-        state = NONE
         if proto == TCP:
-            state = tcp_next_state(ORIGINAL, flags, NONE)
+            state = _NEW_TCP_STATE[flags & 0xFF]
             if state >= _IV:
                 return None
-        reply = reply_flow(orig)
-        if dnat is not None:
-            reply = (proto, dnat[0], dnat[1], reply[3], reply[4])
-        status = DST_NAT if dnat is not None else 0
+            timeout = self.timeouts.tcp[state]
+        else:
+            state = NONE
+            timeout = self._timeout(proto, NONE, False)
+        if dnat is None:
+            reply = (proto, orig[3], orig[4], orig[1], orig[2])
+            status = 0
+        else:
+            reply = (proto, dnat[0], dnat[1], orig[1], orig[2])
+            status = DST_NAT
         if snat is not None:
             reply = self._unique_snat_reply(reply, snat, now)
             status |= SRC_NAT
-        entry = CtEntry(orig, reply, state, now + self._timeout(proto, state, False), status, mark, data)
-        self._by_tuple[orig] = (entry, ORIGINAL)
-        self._by_tuple[reply] = (entry, REPLY)
+        entry = CtEntry(orig, reply, state, now + timeout, status, mark, data)
+        by_tuple = self._by_tuple
+        by_tuple[orig] = entry
+        by_tuple[reply] = entry
         return entry
 
     def _unique_snat_reply(self, reply: Flow, snat: tuple[int, int], now: float) -> Flow:
@@ -244,7 +258,7 @@ class Conntrack:
         if direction == REPLY:
             entry.status |= SEEN_REPLY
         if proto == TCP:
-            new = tcp_next_state(direction, flags, entry.state)
+            new = _TCP_TABLE[direction][_CLASS_OF_FLAGS[flags & 0xFF]][entry.state]
             if new == _IV:
                 return False
             if new != _IG:
@@ -272,18 +286,21 @@ class Conntrack:
         self._remove(entry)
 
     def _remove(self, entry: CtEntry) -> None:
-        self._by_tuple.pop(entry.orig, None)
-        self._by_tuple.pop(entry.reply, None)
+        by_tuple = self._by_tuple
+        if by_tuple.get(entry.orig) is entry:
+            del by_tuple[entry.orig]
+        if by_tuple.get(entry.reply) is entry:
+            del by_tuple[entry.reply]
 
     def expire(self, now: float) -> int:
         """Drop every entry whose timer has run out; returns how many."""
-        dead = {id(e): e for e, d in self._by_tuple.values() if d == ORIGINAL and e.expires <= now}
+        dead = {id(e): e for e in self._by_tuple.values() if e.expires <= now}
         for entry in dead.values():
             self._remove(entry)
         return len(dead)
 
     def entries(self) -> list[CtEntry]:
-        return [e for e, d in self._by_tuple.values() if d == ORIGINAL]
+        return list({id(e): e for e in self._by_tuple.values()}.values())
 
     def flush(self) -> None:
         self._by_tuple.clear()

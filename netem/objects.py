@@ -284,6 +284,12 @@ class ProxyConfig:
     conntrack_tcp_close_wait: float = 3600
     conntrack_udp: float = 0
     conntrack_udp_stream: float = 0
+    # userspace mode: the address the proxy listens on (0 = 0.0.0.0), the
+    # range its proxy ports come from ((0, 0) = let the kernel pick) and the
+    # idle timeout of its UDP client associations.
+    bind_address: int = 0
+    port_range: tuple[int, int] = (0, 0)  # (base, size) as utilnet.PortRange
+    udp_idle_timeout: float = 0.25
     where: Where = NO_WHERE
     given: bool = False  # a KubeProxyConfiguration was in the input
 

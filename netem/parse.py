@@ -666,7 +666,27 @@ def parse_proxy_config(f: Fields) -> ProxyConfig:
         cfg.conntrack_tcp_close_wait = _duration(ct, "tcpCloseWaitTimeout", cfg.conntrack_tcp_close_wait)
         cfg.conntrack_udp = _duration(ct, "udpTimeout", 0)
         cfg.conntrack_udp_stream = _duration(ct, "udpStreamTimeout", 0)
+    _userspace_config(f, cfg)
     return cfg
+
+
+def _userspace_config(f: Fields, cfg: ProxyConfig) -> None:
+    """bindAddress, portRange and udpIdleTimeout: what the userspace proxier reads."""
+    bind = f.text("bindAddress")
+    if bind and not is_ipv6(bind):
+        try:
+            cfg.bind_address = parse_ip(bind)
+        except ValueError:
+            f.error("must be a valid IP address", "bindAddress", bind)
+    text = f.text("portRange").strip()
+    if text:
+        # utilnet.ParsePortRange: "low-high" or a single port.
+        low, _, high = text.partition("-")
+        if not (low.isdigit() and (high or low).isdigit() and 0 < int(low) <= int(high or low) < 65536):
+            f.error('must be a port range "low-high" within 1-65535', "portRange", text)
+        else:
+            cfg.port_range = (int(low), int(high or low) - int(low) + 1)
+    cfg.udp_idle_timeout = _duration(f, "udpIdleTimeout", cfg.udp_idle_timeout)
 
 
 def _masquerade_bit(f: Fields, cfg: ProxyConfig) -> None:

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
 MODES: dict[str, tuple[str, str]] = {
     # filled in as modes land: name -> (module, class)
+    "ipvs": ("proxy_modes.ipvs.engine", "IpvsMode"),
     "nftables": ("proxy_modes.nftables.engine", "NftablesMode"),
+    "userspace": ("proxy_modes.userspace.engine", "UserspaceMode"),
 }
 
 

@@ -10,4 +10,5 @@ COMMANDS = [
     "rules",
     "trace",
     "demo",
+    "proxy",
 ]

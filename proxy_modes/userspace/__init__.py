@@ -1,0 +1,1 @@
+"""kube-proxy's userspace mode: portal rules, LoadBalancerRR, and a real proxy."""
