@@ -627,28 +627,34 @@ def dump_commands(table: Table, with_dynamic: bool = False) -> str:
     chains = sorted(table.chains)
     sets = sorted(n for n, s in table.sets.items() if not s.is_map)
     maps = sorted(n for n, s in table.sets.items() if s.is_map)
-    plain = f"add chain {prefix} "
+    plain, add_rule = f"add chain {prefix} ", f"add rule {prefix} "
+    rules: list[str] = []
     for name in chains:
         chain = table.chains[name]
         out.append(plain + name if chain.base is None and chain.comment is None else chain_decl(table, chain))
+        if chain.rules:
+            head = add_rule + name + " "
+            rules += [head + r.body if r.comment is None else head + r.text() for r in chain.rules]
     out += [set_decl(table, table.sets[name]) for name in sets + maps]
-    for name in chains:
-        head = f"add rule {prefix} {name} "
-        out += [head + (r.body if r.comment is None else r.text()) for r in table.chains[name].rules]
+    out += rules
     for name in sets + maps:
         nset = table.sets[name]
         if nset.dynamic and not with_dynamic:
             continue
         head = f"add element {prefix} {name} {{ "
-        out += [head + element_text(nset, key) + " }" for key in sorted(nset.keys(), key=_sort_key)]
+        out += [head + element_text(nset, key) + " }" for key in sorted_keys(nset)]
         out += [head + syntax.format_range(nset.fields[0], lo, hi) + " }" for lo, hi in nset.intervals]
     out.append("")
     return "\n".join(out)
 
 
-def _sort_key(key: Key) -> tuple[str, ...]:
-    parts = key if isinstance(key, tuple) else (key,)
-    return tuple(f"{p:012d}" if isinstance(p, int) else p for p in parts)
+def sorted_keys(nset: NftSet) -> list[Key]:
+    """Elements in a stable order: numerically (keys of one set share a type)."""
+    keys = nset.keys()
+    try:
+        return sorted(keys)
+    except TypeError:
+        return sorted(keys, key=str)
 
 
 def format_time(seconds: float) -> str:
@@ -713,7 +719,7 @@ def _list_set(nset: NftSet, now: float) -> list[str]:
     if nset.comment is not None:
         lines.append(f"\t\tcomment {quote(nset.comment)}")
     items: list[str] = []
-    for key in sorted(nset.keys(), key=_sort_key):
+    for key in sorted_keys(nset):
         if not nset.is_map:
             expires = nset.members[key]
             if expires is not None and expires <= now:
