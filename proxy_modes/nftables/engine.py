@@ -200,6 +200,17 @@ class Walk:
         self.service: ServicePortName | None = None
         self.affinity: str | None = None
         self.nat_done = {"dst": ctstate != CT_NEW, "src": ctstate != CT_NEW}
+        # control: the hooks still to run, the base chains left in this one,
+        # and where in which chain the walk is (nft_do_chain's jump stack).
+        self.todo: list[str] = ["output", "postrouting", "loopback"] if self.local else ["prerouting", "route"]
+        self.hook_name = ""
+        self.manip = "dst"
+        self.base_left: list[Chain] = []
+        self.nat_ran = False
+        self.stopped = False
+        self.cur: Chain | None = None
+        self.i = 0
+        self.stack: list[tuple[Chain, int]] = []
 
     # -- the oracle ---------------------------------------------------------
 
@@ -250,50 +261,129 @@ class Walk:
             raise Unsupported(f"interval set @{nset.name} keyed by the source")
         return bool(self.ask(("member", nset.name)))
 
-    # -- hooks ----------------------------------------------------------------
+    # -- hooks and chains: an explicit machine, so a symbolic walk can fork --
 
     def run(self) -> None:
-        if self.local:
-            if self.hook("output") or self.hook("postrouting"):
-                return
-            if self.eng.local.test(self.dst):
-                if self.hook("prerouting"):
+        """Walk until the packet's fate is known. In a symbolic walk a question
+        without an answer raises NeedAnswer with the walk rewound to the start
+        of the rule that asked: `fork()` then continues it with each answer."""
+        symbolic = self.oracle is not None
+        while True:
+            cur = self.cur
+            if cur is None:
+                if not self.next_base_chain():
                     return
-                self.hook("input")
-            return
-        if self.hook("prerouting"):
-            return
-        if self.eng.local.test(self.dst):
-            self.hook("input")
-        elif not self.hook("forward"):
-            self.hook("postrouting")
-
-    def hook(self, hook: str) -> bool:
-        """Run the base chains of a hook; True when the packet was dropped or rejected."""
-        manip = "dst" if hook in ("prerouting", "output") else "src"
-        nat_ran = False
-        for chain in self.eng.hooks[hook]:
-            assert chain.base is not None
-            if chain.base.type == "nat":
-                if self.nat_done[manip]:
+                continue
+            rules = cur.rules
+            if self.i >= len(rules):
+                if not self.stack:
+                    self.end_base_chain(None)
                     continue
-                nat_ran = True
-            if self.steps is not None:
-                b = chain.base
-                self.steps.append(
-                    Step("chain", f"{hook} hook: chain {chain.name} (type {b.type}, priority {b.priority})")
-                )
-            verdict = self.run_chain(chain)
-            if verdict in ("drop", "reject"):
-                self.final = verdict
+                back, self.i = self.stack.pop()
+                if self.steps is not None:
+                    self.steps.append(Step("return", f"end of {cur.name}: back to {back.name}"))
+                self.cur = back
+                continue
+            rule = rules[self.i]
+            self.i += 1
+            if symbolic:
+                saved = (self.rules, self.lookups, self.mark, len(self.actions))
+                try:
+                    verdict = self.eval_rule(cur, rule)
+                except NeedAnswer:
+                    if len(self.actions) != saved[3]:
+                        raise Unsupported("a question after a set update in the same rule") from None
+                    self.rules, self.lookups, self.mark = saved[:3]
+                    self.i -= 1
+                    raise
+            else:
+                verdict = self.eval_rule(cur, rule)
+            if verdict is None:
+                continue
+            kind = verdict[0]
+            if kind in ("jump", "goto"):
+                if kind == "jump":
+                    self.stack.append((cur, self.i))
+                self.cur, self.i = self.chain(verdict[1]), 0
+                if "/" in verdict[1]:
+                    self.note_service(verdict[1])
+            elif kind == "return":
+                if not self.stack:
+                    self.end_base_chain(None)
+                    continue
+                back, self.i = self.stack.pop()
+                if self.steps is not None:
+                    self.steps.append(Step("return", f"return from {cur.name} to {back.name}"))
+                self.cur = back
+            elif kind != "continue":
+                self.end_base_chain(kind)
+
+    def next_base_chain(self) -> bool:
+        """Enter the next base chain, moving on to the next hook when one is
+        done; False when the walk is over."""
+        while True:
+            if self.stopped:
+                return False
+            if self.base_left:
+                chain = self.base_left.pop(0)
+                assert chain.base is not None
+                if chain.base.type == "nat":
+                    if self.nat_done[self.manip]:
+                        continue
+                    self.nat_ran = True
+                if self.steps is not None:
+                    b = chain.base
+                    self.steps.append(
+                        Step(
+                            "chain", f"{self.hook_name} hook: chain {chain.name} (type {b.type}, priority {b.priority})"
+                        )
+                    )
+                self.cur, self.i, self.stack = chain, 0, []
+                if "/" in chain.name:
+                    self.note_service(chain.name)
                 return True
-            if verdict is None and chain.base.policy == "drop":
-                self.final = "drop"
-                return True
-        if nat_ran:
-            self.nat_done[manip] = True
-        self.apply_binding(manip)
-        return False
+            if self.hook_name:
+                if self.nat_ran:
+                    self.nat_done[self.manip] = True
+                self.apply_binding(self.manip)
+                self.hook_name = ""
+            if not self.todo:
+                return False
+            phase = self.todo.pop(0)
+            if phase == "route":  # after prerouting: to this host, or through it
+                self.todo[:0] = ["input"] if self.eng.local.test(self.dst) else ["forward", "postrouting"]
+            elif phase == "loopback":  # sent by the host to itself: back in through lo
+                if self.eng.local.test(self.dst):
+                    self.todo[:0] = ["prerouting", "input"]
+            else:
+                self.hook_name = phase
+                self.manip = "dst" if phase in ("prerouting", "output") else "src"
+                self.base_left = list(self.eng.hooks[phase])
+                self.nat_ran = False
+
+    def end_base_chain(self, verdict: str | None) -> None:
+        chain = self.cur
+        self.cur, self.stack = None, []
+        if verdict is None and chain is not None and chain.base is not None and chain.base.policy == "drop":
+            verdict = "drop"
+        if verdict in ("drop", "reject"):
+            assert verdict is not None
+            self.final = verdict
+            self.stopped = True
+
+    def fork(self, answer: Any) -> Walk:
+        """A copy of this (rewound) walk that will take `answer` to its pending question."""
+        twin = object.__new__(Walk)
+        twin.__dict__.update(self.__dict__)
+        twin.oracle, twin.pos = [answer], 0
+        twin.asked = dict(self.asked)
+        twin.stack = list(self.stack)
+        twin.todo = list(self.todo)
+        twin.base_left = list(self.base_left)
+        twin.actions = list(self.actions)
+        twin.updated = set(self.updated)
+        twin.nat_done = dict(self.nat_done)
+        return twin
 
     def apply_binding(self, manip: str) -> None:
         """An established connection's NAT, applied where the nat hooks sit."""
@@ -310,53 +400,11 @@ class Walk:
         elif manip == "src" and entry.dnat is not None:
             self.src, self.sport = entry.orig[3], entry.orig[4]
 
-    # -- chains ----------------------------------------------------------------
-
     def chain(self, name: str) -> Chain:
         chain = self.table.chains.get(name)
         if chain is None:
             raise WalkError(f"no chain named {name!r}")
         return chain
-
-    def run_chain(self, chain: Chain) -> str | None:
-        """nft_do_chain: the verdict that ends the base chain (None: its policy)."""
-        stack: list[tuple[Chain, int]] = []
-        current, i = chain, 0
-        if "/" in chain.name:
-            self.note_service(chain.name)
-        while True:
-            rules = current.rules
-            if i >= len(rules):
-                if not stack:
-                    return None
-                back, i = stack.pop()
-                if self.steps is not None:
-                    self.steps.append(Step("return", f"end of {current.name}: back to {back.name}"))
-                current = back
-                continue
-            rule = rules[i]
-            i += 1
-            verdict = self.eval_rule(current, rule)
-            if verdict is None:
-                continue
-            kind = verdict[0]
-            if kind in ("jump", "goto"):
-                if kind == "jump":
-                    stack.append((current, i))
-                current, i = self.chain(verdict[1]), 0
-                if "/" in current.name:
-                    self.note_service(current.name)
-            elif kind == "return":
-                if not stack:
-                    return None
-                back, i = stack.pop()
-                if self.steps is not None:
-                    self.steps.append(Step("return", f"return from {current.name} to {back.name}"))
-                current = back
-            elif kind == "continue":
-                continue
-            else:
-                return kind
 
     def note_service(self, chain: str) -> None:
         spn = parse_chain_service(chain)
@@ -674,15 +722,14 @@ class Engine:
         """The decision tree for every packet that differs from `packet` only
         in its source address (and source port), random draws and set contents."""
 
-        def build(answers: list[Any]) -> Plan:
-            w = Walk(self, packet, now, ctstate, entry, direction, oracle=answers, src_known=src_known)
+        def explore(w: Walk) -> Plan:
             try:
                 w.run()
             except NeedAnswer as need:
                 q = need.question
                 if q[0] == "numgen":
-                    return (NUMGEN, q[1], tuple(build([*answers, k]) for k in range(q[1])))
-                yes, no = build([*answers, True]), build([*answers, False])
+                    return (NUMGEN, q[1], tuple(explore(w.fork(k)) for k in range(q[1])))
+                yes, no = explore(w.fork(True)), explore(w.fork(False))
                 if isinstance(yes, Outcome) and isinstance(no, Outcome) and yes.same(no):
                     return yes
                 if q[0] == "range":
@@ -692,7 +739,7 @@ class Engine:
                 return (VALUE, q[1], yes, no)
             return w.outcome(ctstate != CT_NEW)
 
-        return build([])
+        return explore(Walk(self, packet, now, ctstate, entry, direction, oracle=[], src_known=src_known))
 
     def reach(self, packet: Packet, now: float) -> list[Reach]:
         """Every endpoint a new connection from this source could reach, with its
