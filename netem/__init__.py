@@ -1,8 +1,9 @@
 """netem: the emulated network and the cluster it carries.
 
 Cluster objects from real manifests (and the controllers that fill them in),
-IPv4 addresses as ints, packets and flows, connection tracking; later links
-with netem impairments, topology and routes, and the event clock. Imports
+IPv4 addresses as ints, packets and flows, connection tracking, links with
+the kernel's netem impairments (link.py, see README.md), nodes and their
+routing tables (topology.py); later the event clock. Imports
 nothing from the other packages (DESIGN.md: netem <- proxy_modes <- ingress
 <- kubenetem).
 """

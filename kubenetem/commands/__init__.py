@@ -11,4 +11,5 @@ COMMANDS = [
     "trace",
     "demo",
     "proxy",
+    "routes",
 ]

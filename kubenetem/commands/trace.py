@@ -17,6 +17,7 @@ import sys
 from netem.addr import int_to_ip, parse_ip
 from netem.errors import UsageError
 from netem.packet import Packet, parse_hostport, proto_number
+from netem.topology import Hop, Topology
 from proxy_modes import registry
 from proxy_modes.base import ProxyMode, Trace
 from proxy_modes.view import build_state, node_view
@@ -54,6 +55,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="send N new connections (source port counting up) and list the endpoint of each",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for random choices (default 0)")
+    p.add_argument("--hops", action="store_true", help="also the route hops from the node to where the packet goes")
     p.add_argument("-o", "--output", choices=["text", "json"], default="text")
     p.set_defaults(handler=run)
 
@@ -104,8 +106,18 @@ def run(args: argparse.Namespace) -> int:
         first = trace.decision.endpoint_text() if trace.decision.endpoint else str(trace.decision.verdict)
         more = sequence(mode, proto, src, args.sport, dst, dport, args.connections, args.from_node, start=1)
         trace.sequence = [first, *more]
-    _print(trace, args.output)
+    hops = _hops(args, trace) if args.hops else None
+    _print(trace, args.output, hops)
     return 0
+
+
+def _hops(args: argparse.Namespace, trace: Trace) -> list[Hop]:
+    """The node's routing decisions for the packet after the mode (its DNAT target, else its dst)."""
+    if not args.files:
+        raise UsageError("--hops needs the cluster's manifests (-f FILE...)")
+    topology = Topology.from_cluster(load(args))
+    endpoint = trace.decision.endpoint
+    return topology.walk(topology.node(args.node).name, endpoint[0] if endpoint else trace.packet.dst)
 
 
 def sequence(
@@ -123,8 +135,13 @@ def sequence(
     return out
 
 
-def _print(trace: Trace, output: str) -> None:
+def _print(trace: Trace, output: str, hops: list[Hop] | None = None) -> None:
     if output == "json":
-        sys.stdout.write(json.dumps(trace.to_json(), indent=2) + "\n")
+        data = trace.to_json()
+        if hops is not None:
+            data["hops"] = [hop.to_json() for hop in hops]
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
         sys.stdout.write(trace.to_text())
+        if hops is not None:
+            sys.stdout.write("hops:\n" + "".join(f"  {hop.text()}\n" for hop in hops))
