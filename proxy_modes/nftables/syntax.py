@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import TypeAlias
 
 from netem.addr import int_to_ip, parse_ip
@@ -140,6 +141,12 @@ class Value:
     exact: frozenset[int | str]
     ranges: tuple[tuple[int, int], ...] = ()
     prefixes: tuple[str, ...] = ()  # interface name wildcards `veth*`
+    # One element: a plain comparison for nft, not a set lookup (kept, not
+    # recomputed: the engine asks on every evaluation).
+    single: bool = dc_field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "single", len(self.exact) + len(self.ranges) + len(self.prefixes) == 1)
 
     def test(self, v: int | str) -> bool:
         if v in self.exact:
@@ -147,10 +154,6 @@ class Value:
         if isinstance(v, int):
             return any(lo <= v <= hi for lo, hi in self.ranges)
         return any(v.startswith(p) for p in self.prefixes)
-
-    @property
-    def single(self) -> bool:
-        return len(self.exact) + len(self.ranges) + len(self.prefixes) == 1
 
 
 def format_value(field: str, v: Value) -> str:
