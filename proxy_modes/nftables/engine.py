@@ -149,6 +149,7 @@ class Outcome:
 # and leaves are Outcome objects.
 RANGE, VALUE, MEMBER, NUMGEN = 1, 2, 3, 4
 Plan = Any
+PLAN_CACHE_MAX = 200_000
 
 # TCP flags that can open a connection from nothing (tcp_conntracks, ORIGINAL
 # direction, state NONE, not sIV): SYN, and ACK (loose pickup, the default).
@@ -773,10 +774,18 @@ class Engine:
                 plan = self.compile_plan(packet, now, ctstate)
             except Unsupported:
                 plan = False
-            self.plans[key] = plan
+            self.remember(key, plan)
             if ctstate == CT_NEW and not packet.local and not packet.iif:
                 self.fast[(packet.dst, packet.dport, packet.proto)] = plan
         return plan
+
+    def remember(self, key: tuple[Any, ...], plan: Plan) -> None:
+        """Plans are a cache: bounded, so that replies to millions of clients
+        (each its own key) cannot grow it without end."""
+        if len(self.plans) >= PLAN_CACHE_MAX:
+            self.plans.clear()
+            self.fast.clear()
+        self.plans[key] = plan
 
     def run_plan(self, plan: Plan, src: int, now: float) -> Outcome:
         node = plan
@@ -876,7 +885,7 @@ class Engine:
                 plan = self.compile_plan(packet, now, ctstate, entry, direction)
             except Unsupported:
                 plan = False
-            self.plans[key] = plan
+            self.remember(key, plan)
         if plan is False:
             out, _ = self.walk(packet, now, ctstate, entry, direction)
         else:

@@ -33,6 +33,7 @@ from netem.addr import parse_ip
 from netem.errors import RulesetError
 from netem.packet import ACK, FIN, SYN, TCP, UDP, Packet
 from proxy_modes.base import Verdict
+from proxy_modes.nftables import engine
 from proxy_modes.nftables.engine import CT_NEW, NftablesMode
 from proxy_modes.nftables.ruleset import dump_commands, list_ruleset
 from proxy_modes.view import EndpointInfo, ProxyState, ServiceEntry
@@ -503,10 +504,12 @@ def rich_services() -> list[Svc]:
     ]
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_compiled_plans_equal_the_literal_walk(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "cache"), [(1, 200_000), (2, 200_000), (3, 5)])
+def test_compiled_plans_equal_the_literal_walk(seed: int, cache: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The hot path against the literal walk, packet by packet: the same
-    decision, the same cost, the same random draws, the same state."""
+    decision, the same cost, the same random draws, the same state (also
+    when the plan cache keeps being emptied)."""
+    monkeypatch.setattr(engine, "PLAN_CACHE_MAX", cache)
     compiled, literal = mode(rich_services(), seed=seed), mode(rich_services(), seed=seed)
     rnd = random.Random(seed)
     sources = ["10.0.0.2", "10.180.0.4", "10.180.0.1", EXT, EXTERNAL_CLIENT_BLOCKED, NODE_IP, "192.168.0.9", "1.2.3.4"]
@@ -546,7 +549,11 @@ def test_compiled_plans_equal_the_literal_walk(seed: int) -> None:
             b = eng.route_established(p, hit, now)
         assert a == b, (n, p)
     # Every destination was compiled (none fell back to the literal walk).
-    assert compiled.engine.plans and all(plan is not False for plan in compiled.engine.plans.values())
+    assert (
+        compiled.engine.plans
+        and len(compiled.engine.plans) <= cache
+        and all(plan is not False for plan in compiled.engine.plans.values())
+    )
     assert compiled.rng.getstate() == literal.rng.getstate()
     assert compiled.conntrack.dump(150.0) == literal.conntrack.dump(150.0)
     assert list_ruleset(compiled.table, 150.0) == list_ruleset(literal.table, 150.0)
