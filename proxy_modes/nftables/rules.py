@@ -471,15 +471,46 @@ class Syncer:
         # Hundreds of thousands of small objects and no cycles: the collector
         # would only slow the build down (netem.gcpause).
         with paused_gc():
+            old = self.table if self.view is not None else None
             table = base_table(settings)
+            if old is not None:
+                # Affinity sets are only `add`ed by a sync: the kernel keeps their members.
+                table.sets.update((n, s) for n, s in old.sets.items() if n.startswith("affinity-"))
             owned: dict[NamespacedName, Owned] = {}
             for name, entry in view.state.entries.items():
                 owned[name] = write_service(table, settings, view, entry)
+            preamble, stale = self._replacing(old, table, owned)
             self.table, self.settings, self.view, self.owned = table, settings, view, owned
-            self.stale_chains = set()
+            self.stale_chains = stale
             self.rules = table.rule_count()
-            text = dump_commands(table)
+            text = preamble + dump_commands(table)
         return SyncResult(text, False, len(owned))
+
+    def _replacing(self, old: Table | None, new: Table, owned: dict[NamespacedName, Owned]) -> tuple[str, set[str]]:
+        """A full sync over an existing table (the node or its configuration
+        changed): what kube-proxy's full transaction does besides adding,
+        i.e. every old chain and non-dynamic set or map flushed, affinity sets
+        no longer used deleted, and old service chains kept empty until the
+        next sync deletes them. Nothing for the first sync."""
+        if old is None:
+            return "", set()
+        prefix = f"{FAMILY} {TABLE}"
+        out = [f"flush chain {prefix} {name}" for name in sorted(old.chains)]
+        used = {name for o in owned.values() for name in o.affinity_sets}
+        for name, nset in sorted(old.sets.items()):
+            kind = "map" if nset.is_map else "set"
+            if name.startswith("affinity-"):
+                if name not in used:
+                    del new.sets[name]
+                    out.append(f"delete set {prefix} {name}")
+            elif name in new.sets:
+                out.append(f"flush {kind} {prefix} {name}")
+            else:  # e.g. nodeport-ips when NodePorts now match every local address
+                out.append(f"delete {kind} {prefix} {name}")
+        stale = {name for name in old.chains if name not in new.chains}
+        for name in stale:
+            new.chains[name] = Chain(name)
+        return "".join(line + "\n" for line in out), stale
 
     def partial(self, view: NodeView) -> SyncResult:
         assert self.view is not None and self.settings is not None

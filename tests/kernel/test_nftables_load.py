@@ -167,6 +167,14 @@ def test_partial_sync_transactions_apply_in_the_kernel(nft: Nft) -> None:
         if result.text:
             nft.load(result.text)
         assert signature(kernel_table(nft)) == signature(s.table)  # type: ignore[arg-type]
+    # The node's configuration changes: a full sync over the loaded table.
+    result = s.sync(view(services, config(masquerade_all=True, node_port_addresses=["0.0.0.0/0"])))
+    assert not result.partial
+    nft.load(result.text)
+    assert signature(kernel_table(nft)) == signature(s.table)  # type: ignore[arg-type]
+    services.pop()
+    nft.load(s.sync(view(services, config(masquerade_all=True, node_port_addresses=["0.0.0.0/0"]))).text)
+    assert signature(kernel_table(nft)) == signature(s.table)  # type: ignore[arg-type]
 
 
 def test_affinity_entries_listed_by_the_kernel_are_read_back(nft: Nft) -> None:

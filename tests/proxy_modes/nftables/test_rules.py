@@ -377,10 +377,21 @@ def test_partial_sync_stale_chains_flushed_then_deleted() -> None:
 
 def test_node_change_forces_full_sync() -> None:
     s = Syncer()
-    s.sync(view(two_services()))
-    again = s.sync(view(two_services(), config(masquerade_all=True)))
+    first = s.sync(view(two_services())).text
+    changed = config(masquerade_all=True, node_port_addresses=["0.0.0.0/0"])
+    again = s.sync(view(two_services(), changed))
     assert not again.partial
-    assert again.text.startswith("add table ip kube-proxy")
+    lines = again.text.splitlines()
+    # Everything flushed first, the set NodePorts no longer need deleted, then the whole table.
+    assert "flush chain ip kube-proxy service-ULMVA6XW-ns1/svc1/tcp/p80" in lines
+    assert "flush map ip kube-proxy service-ips" in lines and "delete set ip kube-proxy nodeport-ips" in lines
+    assert lines.index("delete set ip kube-proxy nodeport-ips") < lines.index(
+        'add table ip kube-proxy { comment "rules for kube-proxy" ; }'
+    )
+    assert apply(first, again.text) == signature(s.table)
+    fresh = Syncer()
+    fresh.sync(view(two_services(), changed))
+    assert signature(s.table) == signature(fresh.table)
 
 
 def test_affinity_state_survives_partial_sync() -> None:
