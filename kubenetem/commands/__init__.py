@@ -12,4 +12,5 @@ COMMANDS = [
     "demo",
     "proxy",
     "routes",
+    "ingress",
 ]

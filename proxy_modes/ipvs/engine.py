@@ -89,6 +89,10 @@ TCP_STATES: tuple[tuple[int, ...], ...] = (
 )
 
 
+# A TCP segment schedules a connection only as a pure SYN (tcp_conn_schedule).
+_SCHED_FLAGS = SYN | ACK | RST | FIN
+
+
 def tcp_state_idx(flags: int) -> int:
     """tcp_state_idx(): rst 3, syn 0, fin 1, ack 2, else -1."""
     if flags & RST:
@@ -410,7 +414,67 @@ class IpvsMode:
         cp = self.conns.get(flow)
         if cp is not None:
             return self._existing(cp, packet, now, flow)
-        return self._new(packet, now, flow, None)
+        return self._new_fast(packet, now, flow)
+
+    def _new_fast(self, packet: Packet, now: float, flow: tuple[int, ...]) -> Decision:
+        """`_new` without a trace, for the common case (a SYN or datagram to
+        a virtual service whose scheduler finds a server), with its helpers
+        inlined; the hot path of every new flow. The rare cases (no service,
+        not a SYN, no server) go through `_new`, which states each step."""
+        proto = flow[0]
+        svc = self.services.get((proto, flow[3], flow[4]))
+        if svc is None or (proto == TCP and packet.flags & _SCHED_FLAGS != SYN):
+            return self._new(packet, now, flow, None)
+        if svc.flags & F_PERSISTENT:
+            dest, ct = self._persist(svc, flow[1], flow[2], flow[3], now, None)
+            lookups = 3
+        else:
+            dest = svc.sched.schedule(svc.dests, flow[1], flow[2], flow[3])
+            ct = None
+            lookups = 2
+        if dest is None:
+            return Decision(Verdict.REJECT, lookups=lookups, service=svc.spn)
+        cp = Conn(flow, dest, svc)
+        dest.inactive += 1  # dest.bound(False, False)
+        if dest.u_threshold and dest.total() >= dest.u_threshold:
+            dest.overloaded = True
+        if ct is not None:
+            cp.control = ct
+            ct.n_control += 1
+        masq = self._masquerade(svc, packet, dest)
+        pair = dest.decisions.get(masq + lookups * 2)
+        if pair is None:
+            pair = dest.decisions[masq + lookups * 2] = (
+                self._decision(dest, svc, masq, False, lookups),
+                self._decision(dest, svc, masq, True, lookups),
+            )
+        cp.decision = pair[1]  # type: ignore[index]
+        conns = self.conns
+        conns[flow] = cp
+        if self.track_replies:
+            conns[reply_key(cp)] = cp
+        # The SYN moves NONE -> SYN_RECV (tcp_states INPUT syn): still inactive.
+        if proto == TCP:
+            cp.state = SR
+            cp.timeout = timeout = self.timeouts[SR]
+        else:
+            cp.timeout = timeout = self.udp_timeout
+        cp.expires = expires = now + timeout
+        # _queue(), inlined: a new entry waits in the bucket of its second.
+        cp.queued = tick = float(int(expires))
+        bucket = self._wheel.get(tick)
+        if bucket is None:
+            self._wheel[tick] = [cp]
+            heapq.heappush(self._ticks, tick)
+        else:
+            bucket.append(cp)
+        if expires < self._next_expiry:
+            self._next_expiry = expires
+        st = dest.stats
+        st[0] += 1
+        st[1] += 1
+        st[3] += packet.length
+        return pair[0]  # type: ignore[index]
 
     def _existing(self, cp: Conn, packet: Packet, now: float, flow: tuple[int, ...]) -> Decision:
         direction = INPUT if cp.key == flow else OUTPUT
