@@ -10,6 +10,7 @@ COMMANDS = [
     "rules",
     "trace",
     "demo",
+    "bench",
     "proxy",
     "routes",
     "ingress",

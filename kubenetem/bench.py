@@ -1,0 +1,294 @@
+"""The measurement core: the proxy modes compared on the request-routing path.
+
+One function, `measure()`, per (mode, cluster size, affinity) point, used by
+`kubenetem bench`, the demo and the pytest-benchmark suites alike. For a
+synthetic cluster of N services x M endpoints (kubenetem.scenarios) seen
+from one node it measures, with the mode synced from that node's view:
+
+- decision time for new flows and for packets of established flows: every
+  call timed on its own with `perf_counter_ns` (the timer's own cost, measured
+  first, is subtracted), then median and p99; flows go to services drawn
+  uniformly, from client pods on the node;
+- the modeled kernel cost of those decisions: rules evaluated or lookups as
+  the mode reports them, turned into microseconds by the mode's calibrated
+  cost model where it has one (`modeled_latency_us(decision)`);
+- full sync time, partial sync time after one service changes, objects in the
+  ruleset, and the memory the synced mode holds (tracemalloc);
+- balance: many new flows to one service, the share of each endpoint (max/min)
+  and Pearson's chi-square against the mode's intended even split; with
+  ClientIP affinity, the share of connections that stayed with their
+  client's first endpoint.
+
+Everything random comes from `seed`. This module measures, so it reads the
+clock; it lives in kubenetem/, outside the sans-IO packages.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import random
+import sys
+import time
+import tracemalloc
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from netem.addr import int_to_ip
+from netem.cluster import Cluster
+from netem.packet import ACK, SYN, TCP, Packet
+from proxy_modes import registry
+from proxy_modes.base import Decision, ProxyMode
+from proxy_modes.view import NodeView, ServiceEntry, build_state, node_view
+
+from .scenarios import synthetic_cluster
+from .stats import chi_square, percentile
+
+NODE = "node-1"
+CLIENTS = 2000  # distinct client addresses
+BALANCE_FLOWS = 20_000
+STICKY_CLIENTS = 500
+STICKY_CONNECTIONS = 5
+
+
+@dataclass
+class Balance:
+    flows: int
+    shares: dict[str, float]  # endpoint -> fraction of new flows
+    max_min: float
+    chi2: float
+    p_value: float
+    sticky: float | None = None  # with affinity: share that stayed with the first endpoint
+
+
+@dataclass
+class Point:
+    mode: str
+    services: int
+    endpoints: int
+    affinity: bool
+    new_median_us: float
+    new_p99_us: float
+    est_median_us: float
+    est_p99_us: float
+    rules_per_new: float
+    lookups_per_new: float
+    modeled_kernel_us: float | None
+    sync_s: float
+    partial_sync_s: float
+    objects: int
+    memory_mb: float
+    balance: Balance
+    flows: int
+
+
+@dataclass
+class Report:
+    points: list[Point] = field(default_factory=list)
+    machine: dict[str, str] = field(default_factory=dict)
+    seed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"machine": self.machine, "seed": self.seed, "points": [asdict(p) for p in self.points]}
+
+
+def machine_info() -> dict[str, str]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpus": str(os.cpu_count()),
+    }
+
+
+def _timer_overhead_ns() -> int:
+    """What a pair of perf_counter_ns() calls costs by itself (median)."""
+    clock = time.perf_counter_ns
+    samples = []
+    for _ in range(2000):
+        t0 = clock()
+        samples.append(clock() - t0)
+    samples.sort()
+    return samples[len(samples) // 2]
+
+
+def _timed(
+    route: Callable[[Packet, float], Decision], packets: Sequence[Packet], now: float
+) -> tuple[list[float], list[Decision]]:
+    """Per-call times in microseconds, timer overhead removed."""
+    overhead = _timer_overhead_ns()
+    clock = time.perf_counter_ns
+    times: list[float] = []
+    decisions: list[Decision] = []
+    append_t, append_d = times.append, decisions.append
+    for p in packets:
+        t0 = clock()
+        d = route(p, now)
+        t1 = clock()
+        append_t(max(t1 - t0 - overhead, 0) / 1000.0)
+        append_d(d)
+    times.sort()
+    return times, decisions
+
+
+def _clients(view: NodeView, rng: random.Random) -> list[int]:
+    """Client pod addresses on the measured node (its podCIDR, above the
+    synthetic endpoints), as kube-proxy would see traffic from local pods."""
+    cidr = view.pod_cidrs[0]
+    base = cidr.last - CLIENTS - 2
+    return [base + i for i in range(CLIENTS)]
+
+
+def _changed_view(view: NodeView) -> tuple[NodeView, tuple[str, str]]:
+    """The same view with one service's last endpoint gone."""
+    name, entry = next(iter(view.state.entries.items()))
+    spn = entry.ports[0].name
+    fewer = ServiceEntry(entry.ports, {**entry.endpoints, spn: entry.endpoints[spn][:-1]})
+    return view.with_state(view.state.with_entry(name, fewer)), name
+
+
+def _memory_mb(mode_name: str, view: NodeView, seed: int) -> float:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        mode = registry.create(mode_name, random.Random(seed))
+        mode.sync(view)
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    del mode
+    return (after - before) / 2**20
+
+
+def _balance(
+    mode: ProxyMode, view: NodeView, clients: list[int], affinity: bool, rng: random.Random, now: float
+) -> Balance:
+    """New flows from many clients to the last service (for rule-walking modes
+    the worst position), counted per endpoint."""
+    info = list(view.service_ports())[-1]
+    endpoints = view.categorize(info).all_reachable
+    counts: Counter[str] = Counter()
+    flows = 0
+    port = 20000
+    if not affinity:
+        for _ in range(BALANCE_FLOWS):
+            port = port + 1 if port < 65000 else 20000
+            d = mode.route(Packet(TCP, rng.choice(clients), port, info.cluster_ip, info.port), now)
+            if d.endpoint is not None:
+                counts[f"{int_to_ip(d.endpoint[0])}:{d.endpoint[1]}"] += 1
+                flows += 1
+        sticky = None
+    else:
+        stayed = total = 0
+        for c in range(STICKY_CLIENTS):
+            src = clients[c % len(clients)]
+            first = None
+            for k in range(STICKY_CONNECTIONS):
+                port = port + 1 if port < 65000 else 20000
+                d = mode.route(Packet(TCP, src, port, info.cluster_ip, info.port), now + k * 0.01)
+                if d.endpoint is None:
+                    continue
+                text = f"{int_to_ip(d.endpoint[0])}:{d.endpoint[1]}"
+                if k == 0:
+                    first = text
+                    counts[text] += 1  # the balance of first choices
+                    flows += 1
+                else:
+                    total += 1
+                    stayed += text == first
+        sticky = stayed / total if total else None
+    expected = [flows / len(endpoints)] * len(endpoints)
+    observed = [counts.get(ep.text, 0) for ep in endpoints]
+    stat, p = chi_square(observed, expected) if flows else (0.0, 1.0)
+    shares = {ep.text: counts.get(ep.text, 0) / flows for ep in endpoints} if flows else {}
+    low = min(observed) if observed else 0
+    return Balance(flows, shares, (max(observed) / low) if low else float("inf"), stat, p, sticky)
+
+
+def measure(mode_name: str, cluster: Cluster, *, affinity: bool, flows: int = 20_000, seed: int = 0) -> Point:
+    """One point: a mode on a synthetic cluster, seen from node-1."""
+    rng = random.Random(seed)
+    state = build_state(cluster)
+    view = node_view(cluster, state, NODE)
+    infos = list(view.service_ports())
+    endpoints = max((len(view.endpoints(i.name)) for i in infos), default=0)
+    mode = registry.create(mode_name, random.Random(seed))
+    t0 = time.perf_counter()
+    ruleset = mode.sync(view)
+    sync_s = time.perf_counter() - t0
+    changed, _ = _changed_view(view)
+    t0 = time.perf_counter()
+    mode.sync(changed)
+    partial_s = time.perf_counter() - t0
+    mode.sync(view)
+    clients = _clients(view, rng)
+    targets = [infos[rng.randrange(len(infos))] for _ in range(flows)]
+    new = [
+        Packet(TCP, rng.choice(clients), 1024 + n % 60000, t.cluster_ip, t.port, flags=SYN)
+        for n, t in enumerate(targets)
+    ]
+    now = 1.0
+    new_times, decisions = _timed(mode.route, new, now)
+    est_times, _ = _timed(mode.route, [p._replace(flags=ACK) for p in new], now + 0.001)
+    modeled = getattr(mode, "modeled_latency_us", None)
+    kernel = (sum(modeled(d) for d in decisions) / len(decisions)) if modeled and decisions else None
+    balance_mode = registry.create(mode_name, random.Random(seed + 1))
+    balance_mode.sync(view)
+    balance = _balance(balance_mode, view, clients, affinity, rng, now)
+    return Point(
+        mode=mode_name,
+        services=len(infos),
+        endpoints=endpoints,
+        affinity=affinity,
+        new_median_us=percentile(new_times, 50),
+        new_p99_us=percentile(new_times, 99),
+        est_median_us=percentile(est_times, 50),
+        est_p99_us=percentile(est_times, 99),
+        rules_per_new=sum(d.rules for d in decisions) / len(decisions),
+        lookups_per_new=sum(d.lookups for d in decisions) / len(decisions),
+        modeled_kernel_us=kernel,
+        sync_s=sync_s,
+        partial_sync_s=partial_s,
+        objects=ruleset.objects,
+        memory_mb=_memory_mb(mode_name, view, seed),
+        balance=balance,
+        flows=flows,
+    )
+
+
+def sweep(
+    modes: Sequence[str],
+    sizes: Sequence[int],
+    endpoints: int,
+    affinities: Sequence[bool],
+    seed: int,
+    flows: int = 20_000,
+    progress: Callable[[str], None] | None = None,
+) -> Report:
+    """Every (size, affinity) cluster built once; every mode measured on it."""
+    report = Report(machine=machine_info(), seed=seed)
+    for services in sizes:
+        for affinity in affinities:
+            if progress:
+                progress(f"building {services} services x {endpoints} endpoints")
+            cluster = synthetic_cluster(services=services, endpoints=endpoints, nodes=10, affinity=affinity)
+            for mode in modes:
+                if progress:
+                    progress(f"{mode}: {services} services, affinity {'ClientIP' if affinity else 'none'}")
+                report.points.append(measure(mode, cluster, affinity=affinity, flows=flows, seed=seed))
+            del cluster
+    return report

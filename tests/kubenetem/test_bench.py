@@ -1,0 +1,88 @@
+"""The measurement core and `kubenetem bench` on a small cluster: numbers that
+are right by construction (an even split for round robin, every connection
+sticky with ClientIP affinity) and the outputs people read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kubenetem import bench, report
+from kubenetem.cli import main
+from kubenetem.scenarios import synthetic_cluster
+from kubenetem.stats import chi_square, percentile
+
+
+@pytest.mark.parametrize("mode", ["ipvs", "userspace"])
+def test_round_robin_modes_split_evenly_and_stick(mode: str) -> None:
+    cluster = synthetic_cluster(services=20, endpoints=5, nodes=2, affinity=False)
+    point = bench.measure(mode, cluster, affinity=False, flows=500, seed=3)
+    assert point.services == 20 and point.endpoints == 5 and point.flows == 500
+    # Round robin over 5 endpoints: exactly even, so max/min 1 and p = 1.
+    assert point.balance.max_min == 1.0 and point.balance.p_value == pytest.approx(1.0)
+    assert set(point.balance.shares.values()) == {0.2}
+    assert 0 < point.new_median_us <= point.new_p99_us and 0 < point.est_median_us <= point.est_p99_us
+    assert point.sync_s > 0 and point.partial_sync_s > 0 and point.objects > 0 and point.memory_mb > 0
+    sticky = bench.measure(
+        mode, synthetic_cluster(services=20, endpoints=5, nodes=2, affinity=True), affinity=True, flows=500, seed=3
+    )
+    assert sticky.balance.sticky == 1.0
+
+
+def test_chi_square_flags_an_uneven_split() -> None:
+    _, p_even = chi_square([100, 100, 100, 100], [100.0] * 4)
+    _, p_skewed = chi_square([160, 80, 80, 80], [100.0] * 4)
+    assert p_even == 1.0 and p_skewed < 1e-6
+    assert percentile([1.0, 2.0, 3.0], 50) == 2.0
+
+
+def test_bench_command_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    chart = tmp_path / "chart.png"
+    status = main(
+        [
+            "bench",
+            "--modes",
+            "ipvs,userspace",
+            "--services",
+            "10,30",
+            "--endpoints",
+            "3",
+            "--flows",
+            "200",
+            "--affinity",
+            "none",
+            "-o",
+            "json",
+            "--plot",
+            str(chart),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert status == 0
+    data = json.loads(out)
+    assert data["machine"]["python"] and len(data["points"]) == 4
+    assert sorted((p["mode"], p["services"]) for p in data["points"]) == [
+        ("ipvs", 10),
+        ("ipvs", 30),
+        ("userspace", 10),
+        ("userspace", 30),
+    ]
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_rejects_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--modes", "carrier-pigeon"]) == 2
+    assert "unknown mode carrier-pigeon" in capsys.readouterr().err
+    assert main(["bench", "--services", "10,x"]) == 2
+    assert "--services: not a list of numbers" in capsys.readouterr().err
+
+
+def test_report_folder(tmp_path: Path) -> None:
+    result = bench.sweep(["userspace"], [10], 3, [False], seed=1, flows=200)
+    files = report.write_folder(result, tmp_path / "out", intro="# test\n")
+    assert [f.name for f in files] == ["report.md", "chart.png", "results.json"]
+    text = files[0].read_text()
+    assert "| userspace | 10 | none |" in text and "![time against services](chart.png)" in text
+    assert json.loads(files[2].read_text())["points"][0]["mode"] == "userspace"
