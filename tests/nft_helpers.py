@@ -163,3 +163,57 @@ def signature(table: Table) -> dict[str, object]:
         for name, s in sorted(table.sets.items())
     }
     return {"family": table.family, "name": table.name, "comment": table.comment, "chains": chains, "sets": sets}
+
+
+def three_endpoints(**kw: object) -> Svc:
+    return Svc(
+        "ns1",
+        "svc1",
+        "172.30.0.41",
+        [Port("p80", 80, node_port=3001)],
+        endpoints=[(f"10.180.0.{n}", "", {"p80": 80}) for n in (1, 2, 3)],
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def rich_services() -> list[Svc]:
+    """Every rule shape kube-proxy writes (differential, syntax and kernel tests)."""
+    return [
+        three_endpoints(),
+        Svc(
+            "ns2",
+            "lb",
+            "172.30.0.42",
+            [Port("p80", 80, node_port=3002), Port("dns", 53, "UDP", node_port=3003)],
+            type="LoadBalancer",
+            lb_ips=["1.2.3.4"],
+            source_ranges=["203.0.113.0/25", "192.168.0.0/24"],
+            affinity_seconds=100,
+            endpoints=[
+                ("10.180.0.4", "test-node", {"p80": 8080, "dns": 53}),
+                ("10.180.0.5", "remote", {"p80": 8080, "dns": 53}),
+            ],
+        ),
+        Svc(
+            "ns3",
+            "local",
+            "172.30.0.43",
+            [Port("p80", 80, node_port=3004)],
+            type="LoadBalancer",
+            etp_local=True,
+            lb_ips=["5.6.7.8"],
+            external_ips=["192.168.99.50"],
+            endpoints=[("10.180.0.6", "test-node", {"p80": 80}), ("10.180.0.7", "remote", {"p80": 80})],
+        ),
+        Svc(
+            "ns4",
+            "nolocal",
+            "172.30.0.44",
+            [Port("p80", 80, node_port=3005)],
+            type="LoadBalancer",
+            etp_local=True,
+            itp_local=True,
+            endpoints=[("10.180.0.8", "remote", {"p80": 80})],
+        ),
+        Svc("ns5", "empty", "172.30.0.45", [Port("p80", 80, node_port=3006), Port("s", 9, "SCTP")]),
+    ]

@@ -102,6 +102,15 @@ class Unsupported(Exception):
     """Something the compiler cannot reason about symbolically (the literal walk still can)."""
 
 
+class FinishedLiterally(Exception):
+    """A plan met what it cannot compile half-way down: this packet's
+    outcome, finished by the literal walk."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__("finished literally")
+        self.outcome = outcome
+
+
 class WalkError(Exception):
     """The ruleset refers to something that does not exist (a chain, a set)."""
 
@@ -141,12 +150,13 @@ class Outcome:
         )
 
 
-# Plan nodes (tuples, so the hot loop is a few index operations):
-#   (RANGE, lo, hi, if_true, if_false)       lo <= src <= hi
-#   (VALUE, tester, if_true, if_false)        tester.test(src)
-#   (MEMBER, members_dict, if_true, if_false) src in a (timeout) set at `now`
-#   (NUMGEN, modulus, children)               children[reciprocal_scale(u32, modulus)]
-# and leaves are Outcome objects.
+# Plan nodes (lists, so the hot loop is a few index operations and a branch
+# can be filled in when first taken):
+#   [RANGE, lo, hi, if_true, if_false]        lo <= src <= hi
+#   [VALUE, tester, if_true, if_false]         tester.test(src)
+#   [MEMBER, members_dict, if_true, if_false]  src in a (timeout) set at `now`
+#   [NUMGEN, modulus, child_0, ... child_N-1]  child[reciprocal_scale(u32, modulus)]
+# leaves are Outcome objects, and a branch nobody has taken yet is a Pending.
 RANGE, VALUE, MEMBER, NUMGEN = 1, 2, 3, 4
 Plan = Any
 PLAN_CACHE_MAX = 200_000
@@ -154,6 +164,20 @@ PLAN_CACHE_MAX = 200_000
 # TCP flags that can open a connection from nothing (tcp_conntracks, ORIGINAL
 # direction, state NONE, not sIV): SYN, and ACK (loose pickup, the default).
 _TCP_OPENS = tuple(tcp_next_state(ORIGINAL, flags, NONE) < INVALID for flags in range(256))
+
+
+_START = object()
+
+
+class Pending:
+    """A branch of a plan not explored yet: the symbolic walk, rewound to the
+    rule that asked, and the answer this branch gives it."""
+
+    __slots__ = ("answer", "walk")
+
+    def __init__(self, walk: Walk, answer: Any) -> None:
+        self.walk = walk
+        self.answer = answer
 
 
 class Walk:
@@ -192,7 +216,10 @@ class Walk:
         self.dnat: tuple[int, int] | None = None
         self.masquerade = False
         self.final = "accept"
-        self.oracle = oracle
+        # Symbolic: answers come from the oracle and nothing is changed. A
+        # concrete walk may still hold answers (a branch finished concretely).
+        self.symbolic = oracle is not None
+        self.oracle: list[Any] = [] if oracle is None else oracle
         self.pos = 0
         self.asked: dict[tuple[Any, ...], Any] = {}
         self.actions: list[tuple[NftSet, float, str]] = []
@@ -218,7 +245,6 @@ class Walk:
     def ask(self, question: tuple[Any, ...]) -> Any:
         if question in self.asked:
             return self.asked[question]
-        assert self.oracle is not None
         if self.pos >= len(self.oracle):
             raise NeedAnswer(question)
         answer = self.oracle[self.pos]
@@ -227,14 +253,14 @@ class Walk:
         return answer
 
     def numgen(self, mod: int) -> int:
-        if self.oracle is None:
-            return (self.eng.rng.getrandbits(32) * mod) >> 32
         # Never memoised: every evaluation is a fresh draw.
-        if self.pos >= len(self.oracle):
+        if self.pos < len(self.oracle):
+            answer: int = self.oracle[self.pos]
+            self.pos += 1
+            return answer
+        if self.symbolic:
             raise NeedAnswer(("numgen", mod))
-        answer: int = self.oracle[self.pos]
-        self.pos += 1
-        return answer
+        return (self.eng.rng.getrandbits(32) * mod) >> 32
 
     def src_test(self, value: Value) -> bool:
         if self.src is not None:
@@ -268,7 +294,7 @@ class Walk:
         """Walk until the packet's fate is known. In a symbolic walk a question
         without an answer raises NeedAnswer with the walk rewound to the start
         of the rule that asked: `fork()` then continues it with each answer."""
-        symbolic = self.oracle is not None
+        symbolic = self.symbolic
         while True:
             cur = self.cur
             if cur is None:
@@ -592,13 +618,13 @@ class Walk:
         nset = self.named_set(e.set_name)
         timeout = e.timeout if e.timeout is not None else nset.timeout
         if len(e.sels) != 1 or e.sels[0].field != SADDR or timeout is None:
-            if self.oracle is not None:
+            if self.symbolic:
                 raise Unsupported("set update not keyed by the source address")
             key = self.key(e.sels)
             if key is not None and (e.op == "update" or not member(nset, key, self.now)):
                 nset.members[key] = None if timeout is None else self.now + timeout
             return
-        if self.oracle is not None:
+        if self.symbolic:
             self.actions.append((nset, timeout, e.op))
             self.updated.add(nset.name)
             return
@@ -711,7 +737,7 @@ class Engine:
 
     # -- symbolic ----------------------------------------------------------------
 
-    def compile_plan(
+    def start_plan(
         self,
         packet: Packet,
         now: float,
@@ -721,26 +747,51 @@ class Engine:
         src_known: bool = False,
     ) -> Plan:
         """The decision tree for every packet that differs from `packet` only
-        in its source address (and source port), random draws and set contents."""
+        in its source address (and source port), random draws and set contents,
+        explored up to its first question; `expand` explores a branch when a
+        packet first takes it."""
+        walk = Walk(self, packet, now, ctstate, entry, direction, oracle=[], src_known=src_known)
+        return self.expand(Pending(walk, _START))
 
-        def explore(w: Walk) -> Plan:
-            try:
-                w.run()
-            except NeedAnswer as need:
-                q = need.question
-                if q[0] == "numgen":
-                    return (NUMGEN, q[1], tuple(explore(w.fork(k)) for k in range(q[1])))
-                yes, no = explore(w.fork(True)), explore(w.fork(False))
-                if isinstance(yes, Outcome) and isinstance(no, Outcome) and yes.same(no):
-                    return yes
-                if q[0] == "range":
-                    return (RANGE, q[1], q[2], yes, no)
-                if q[0] == "member":
-                    return (MEMBER, self.table.sets[q[1]].members, yes, no)
-                return (VALUE, q[1], yes, no)
-            return w.outcome(ctstate != CT_NEW)
+    def expand(self, pending: Pending) -> Plan:
+        """Run a suspended walk on with its answer, to the next question (a node
+        whose branches are Pending) or to its end (an Outcome)."""
+        w = pending.walk if pending.answer is _START else pending.walk.fork(pending.answer)
+        try:
+            w.run()
+        except NeedAnswer as need:
+            q = need.question
+            if q[0] == "numgen":
+                return [NUMGEN, q[1], *(Pending(w, k) for k in range(q[1]))]
+            yes, no = Pending(w, True), Pending(w, False)
+            if q[0] == "range":
+                return [RANGE, q[1], q[2], yes, no]
+            if q[0] == "member":
+                return [MEMBER, self.table.sets[q[1]].members, yes, no]
+            return [VALUE, q[1], yes, no]
+        return w.outcome(w.ctstate != CT_NEW)
 
-        return explore(Walk(self, packet, now, ctstate, entry, direction, oracle=[], src_known=src_known))
+    def compile_plan(
+        self,
+        packet: Packet,
+        now: float,
+        ctstate: int,
+        entry: CtEntry | None = None,
+        direction: int = ORIGINAL,
+        src_known: bool = False,
+    ) -> Plan:
+        """The whole tree at once (every branch explored)."""
+
+        def fill(node: Plan) -> Plan:
+            if isinstance(node, Pending):
+                node = self.expand(node)
+            if isinstance(node, list):
+                first = 2 if node[0] == NUMGEN else 3
+                for i in range(first, len(node)):
+                    node[i] = fill(node[i])
+            return node
+
+        return fill(self.start_plan(packet, now, ctstate, entry, direction, src_known))
 
     def reach(self, packet: Packet, now: float) -> list[Reach]:
         """Every endpoint a new connection from this source could reach, with its
@@ -757,7 +808,7 @@ class Engine:
                     found[node.dnat] = found.get(node.dnat, Fraction(0)) + p
                 return
             assert node[0] == NUMGEN
-            for child in node[2]:
+            for child in node[2:]:
                 visit(child, p / node[1])
 
         visit(plan, Fraction(1))
@@ -771,7 +822,7 @@ class Engine:
         plan = self.plans.get(key)
         if plan is None:
             try:
-                plan = self.compile_plan(packet, now, ctstate)
+                plan = self.start_plan(packet, now, ctstate)
             except Unsupported:
                 plan = False
             self.remember(key, plan)
@@ -787,21 +838,43 @@ class Engine:
             self.fast.clear()
         self.plans[key] = plan
 
-    def run_plan(self, plan: Plan, src: int, now: float) -> Outcome:
+    def run_plan(self, plan: Plan, packet: Packet, now: float) -> Outcome:
+        """The plan on one packet's source address; branches taken for the first
+        time are explored on the way (see `decide`, which inlines this)."""
         node = plan
-        getrandbits = self.rng.getrandbits
-        while node.__class__ is tuple:
+        src = packet[1]
+        while node.__class__ is list:
             op = node[0]
             if op == RANGE:
-                node = node[3] if node[1] <= src <= node[2] else node[4]
+                i = 3 if node[1] <= src <= node[2] else 4
             elif op == NUMGEN:
-                node = node[2][(getrandbits(32) * node[1]) >> 32]
+                i = 2 + ((self.rng.getrandbits(32) * node[1]) >> 32)
             elif op == MEMBER:
                 expires = node[1].get(src, _MISSING)
-                node = node[2] if expires is not _MISSING and (expires is None or now < expires) else node[3]
+                i = 2 if expires is not _MISSING and (expires is None or now < expires) else 3
             else:
-                node = node[2] if node[1].test(src) else node[3]
+                i = 2 if node[1].test(src) else 3
+            child = node[i]
+            if child.__class__ is Pending:
+                child = self.explore_branch(node, i, packet)
+            node = child
         return node
+
+    def explore_branch(self, node: list[Any], i: int, packet: Packet) -> Plan:
+        """Fill in a branch this packet is the first to take. Should the walk
+        meet something the compiler cannot reason about, this packet's walk
+        finishes concretely from where it stands (the random draws made so far
+        are the ones the literal walk would have made) and the destination is
+        walked literally from then on."""
+        pending = node[i]
+        try:
+            child = node[i] = self.expand(pending)
+        except Unsupported:
+            w = pending.walk.fork(pending.answer)
+            w.symbolic, w.src = False, packet[1]
+            w.run()
+            raise FinishedLiterally(w.outcome(w.ctstate != CT_NEW)) from None
+        return child
 
     def commit_new(self, packet: Packet, out: Outcome, now: float) -> None:
         """What a new connection leaves behind: affinity entries, and a
@@ -819,9 +892,10 @@ class Engine:
 
     def decide(self, packet: Packet, now: float) -> Outcome:
         """The ruleset's answer for the first packet of a connection: the plan
-        for its destination run on its source address (compiled on first use).
-        The common case (a forwarded packet that can open a connection) is one
-        lookup keyed by destination; run_plan is inlined."""
+        for its destination run on its source address, branches explored the
+        first time a packet takes them. The common case (a forwarded packet
+        that can open a connection) is one lookup keyed by destination, and
+        run_plan is inlined."""
         proto = packet[0]
         if (proto == TCP and not _TCP_OPENS[packet[7] & 0xFF]) or packet[5] or packet[6]:
             return self._decide_other(packet, now)
@@ -832,27 +906,46 @@ class Engine:
             return self.walk(packet, now, CT_NEW)[0]
         node = plan
         src = packet[1]
-        while node.__class__ is tuple:
-            op = node[0]
-            if op == RANGE:
-                node = node[3] if node[1] <= src <= node[2] else node[4]
-            elif op == NUMGEN:
-                node = node[2][(self.rng.getrandbits(32) * node[1]) >> 32]
-            elif op == MEMBER:
-                expires = node[1].get(src, _MISSING)
-                node = node[2] if expires is not _MISSING and (expires is None or now < expires) else node[3]
-            else:
-                node = node[2] if node[1].test(src) else node[3]
+        try:
+            while node.__class__ is list:
+                op = node[0]
+                if op == RANGE:
+                    i = 3 if node[1] <= src <= node[2] else 4
+                elif op == NUMGEN:
+                    i = 2 + ((self.rng.getrandbits(32) * node[1]) >> 32)
+                elif op == MEMBER:
+                    expires = node[1].get(src, _MISSING)
+                    i = 2 if expires is not _MISSING and (expires is None or now < expires) else 3
+                else:
+                    i = 2 if node[1].test(src) else 3
+                child = node[i]
+                if child.__class__ is Pending:
+                    child = self.explore_branch(node, i, packet)
+                node = child
+        except FinishedLiterally as done:
+            self.walk_literally((CT_NEW, packet[3], proto, packet[4], packet[5], packet[6]))
+            return done.outcome
         return node
 
     def _decide_other(self, packet: Packet, now: float) -> Outcome:
         ctstate = CT_INVALID if packet[0] == TCP and not _TCP_OPENS[packet[7] & 0xFF] else CT_NEW
-        plan = self.plans.get((ctstate, packet[3], packet[0], packet[4], packet[5], packet[6]))
+        key = (ctstate, packet[3], packet[0], packet[4], packet[5], packet[6])
+        plan = self.plans.get(key)
         if plan is None:
             plan = self.new_plan(packet, now, ctstate)
         if plan is False:
             return self.walk(packet, now, ctstate)[0]
-        return self.run_plan(plan, packet[1], now)
+        try:
+            return self.run_plan(plan, packet, now)
+        except FinishedLiterally as done:
+            self.walk_literally(key)
+            return done.outcome
+
+    def walk_literally(self, key: tuple[Any, ...]) -> None:
+        """From now on this destination is walked rule by rule."""
+        self.remember(key, False)
+        if key[0] == CT_NEW and not key[4] and not key[5]:
+            self.fast[(key[1], key[3], key[2])] = False
 
     def route(self, packet: Packet, now: float) -> Decision:
         hit = self.conntrack.lookup(packet[:5], now)
@@ -882,15 +975,18 @@ class Engine:
         plan = self.plans.get(key)
         if plan is None:
             try:
-                plan = self.compile_plan(packet, now, ctstate, entry, direction)
+                plan = self.start_plan(packet, now, ctstate, entry, direction)
             except Unsupported:
                 plan = False
             self.remember(key, plan)
         if plan is False:
             out, _ = self.walk(packet, now, ctstate, entry, direction)
-        else:
-            out = self.run_plan(plan, packet.src, now)
-        return out.decision
+            return out.decision
+        try:
+            return self.run_plan(plan, packet, now).decision
+        except FinishedLiterally as done:
+            self.walk_literally(key)
+            return done.outcome.decision
 
 
 def clean_stale_udp(conntrack: Conntrack, view: NodeView) -> int:

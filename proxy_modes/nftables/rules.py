@@ -134,6 +134,7 @@ def endpoint_chain_base(spn: ServicePortName, endpoint: str) -> str:
 _hashed = lru_cache(maxsize=1 << 20)(hash_and_truncate)
 
 
+@lru_cache(maxsize=1 << 16)
 def parse_chain_service(chain: str) -> ServicePortName | None:
     """The service port a kube-proxy chain belongs to, from its name
     (`service-HASH-ns/name/proto/port[__ip/port]`), or None."""

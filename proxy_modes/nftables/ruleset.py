@@ -84,6 +84,10 @@ class Rule:
     @property
     def exprs(self) -> tuple[Expr, ...]:
         if self._exprs is None:
+            fast = syntax.parse_rule_fast(self.body)
+            if fast is not None:
+                self._exprs = fast
+                return fast
             exprs, comment = syntax.parse_rule(tokenize(self.body, self.line or 1))
             if comment is not None:
                 self.comment = comment

@@ -721,3 +721,80 @@ def _parse_match(ts: TokenStream) -> Expr:
 def rule_text(exprs: tuple[Expr, ...]) -> str:
     """The canonical text of a rule body (nft's own spelling)."""
     return " ".join(e.text() for e in exprs)
+
+
+# --- the rules kube-proxy writes per service, read without the general parser ---
+#
+# A cold destination makes the engine read a service's and its endpoints'
+# rules for the first time; the general parser (tokenizer + descent) costs
+# tens of microseconds a rule. These are the shapes syncProxyRules writes for
+# every service (proxier.go), read by one regular expression each into the
+# very IR the general parser gives (a test holds the two together on every
+# shape); anything else goes the general way.
+
+_IP = r"(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})"
+_CIDR = r"(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?:/\d{1,2})?)"
+_NAME = r"([A-Za-z0-9_./-]+)"
+_FAST = (
+    ("saddr-verdict", re.compile(rf"ip saddr (!= )?{_CIDR} (jump|goto) {_NAME}")),
+    ("daddr-saddr-verdict", re.compile(rf"ip daddr {_IP} ip saddr (!= )?{_CIDR} (jump|goto) {_NAME}")),
+    ("daddr-dport-verdict", re.compile(rf"ip daddr {_IP} (tcp|udp|sctp) dport (\d+) (jump|goto) {_NAME}")),
+    ("dnat", re.compile(rf"meta l4proto (tcp|udp|sctp) dnat to {_IP}:(\d+)")),
+    ("numgen", re.compile(r"numgen random mod (\d+) vmap \{ (.*) \}")),
+    ("affinity", re.compile(rf"ip saddr @{_NAME} (jump|goto) {_NAME}")),
+    ("update", re.compile(rf"update @{_NAME} \{{ ip saddr \}}")),
+    ("verdict", re.compile(rf"(jump|goto) {_NAME}")),
+)
+_NUMGEN_ELEMENT = re.compile(rf"(\d+) : (goto|jump) {_NAME}")
+
+
+def _cidr_value(text: str) -> Value:
+    item = parse_scalar(SADDR, text, 0)
+    return make_value(SADDR, [item])
+
+
+_FAST_BY_START: dict[str, tuple[tuple[str, re.Pattern[str]], ...]] = {}
+for _kind, _pattern in _FAST:
+    for _start in ("ju", "go") if _kind == "verdict" else (_pattern.pattern[:2],):
+        _FAST_BY_START[_start] = (*_FAST_BY_START.get(_start, ()), (_kind, _pattern))
+
+
+def parse_rule_fast(body: str) -> tuple[Expr, ...] | None:
+    """The IR of one of kube-proxy's per-service rule shapes, or None."""
+    for kind, pattern in _FAST_BY_START.get(body[:2], ()):
+        m = pattern.fullmatch(body)
+        if m is None:
+            continue
+        g = m.groups()
+        if kind == "saddr-verdict":
+            return (Cmp(Selector(SADDR), _cidr_value(g[1]), g[0] is not None), Verdict((g[2], g[3])))
+        if kind == "daddr-saddr-verdict":
+            return (
+                Cmp(Selector(DADDR), _cidr_value(g[0])),
+                Cmp(Selector(SADDR), _cidr_value(g[2]), g[1] is not None),
+                Verdict((g[3], g[4])),
+            )
+        if kind == "daddr-dport-verdict":
+            proto = PROTOCOLS[g[1]]
+            return (
+                Cmp(Selector(DADDR), _cidr_value(g[0])),
+                Cmp(Selector(DPORT, proto), make_value(DPORT, [int(g[2])])),
+                Verdict((g[3], g[4])),
+            )
+        if kind == "dnat":
+            return (Cmp(Selector(L4PROTO), make_value(L4PROTO, [PROTOCOLS[g[0]]])), Dnat(parse_ip(g[1]), int(g[2])))
+        if kind == "numgen":
+            parts = [p.strip() for p in g[1].split(",")]
+            elements = []
+            for part in parts:
+                e = _NUMGEN_ELEMENT.fullmatch(part)
+                if e is None:
+                    return None
+                elements.append((int(e.group(1)), (e.group(2), e.group(3))))
+            return (Numgen(int(g[0]), 0, tuple(elements)),)
+        if kind == "affinity":
+            return (Lookup((Selector(SADDR),), g[0]), Verdict((g[1], g[2])))
+        if kind == "update":
+            return (SetUpdate("update", g[0], (Selector(SADDR),)),)
+        return (Verdict((g[0], g[1])),)
+    return None
