@@ -228,6 +228,9 @@ class Walk:
         self.service: ServicePortName | None = None
         self.affinity: str | None = None
         self.nat_done = {"dst": ctstate != CT_NEW, "src": ctstate != CT_NEW}
+        self.abstract = False  # an established connection's binding left unknown (see apply_binding)
+        self.dst_local = False  # ... and whether its translated destination is this host
+        self.src_gone = False  # the source was rewritten to an address the plan does not know
         # control: the hooks still to run, the base chains left in this one,
         # and where in which chain the walk is (nft_do_chain's jump stack).
         self.todo: list[str] = ["output", "postrouting", "loopback"] if self.local else ["prerouting", "route"]
@@ -263,6 +266,8 @@ class Walk:
         return (self.eng.rng.getrandbits(32) * mod) >> 32
 
     def src_test(self, value: Value) -> bool:
+        if self.src_gone:
+            raise Unsupported("the source after an established connection's NAT")
         if self.src is not None:
             return value.test(self.src)
         if value.single and value.ranges:
@@ -275,11 +280,15 @@ class Walk:
         return bool(self.ask(("value", value)))
 
     def src_local(self) -> bool:
+        if self.src_gone:
+            raise Unsupported("the source after an established connection's NAT")
         if self.src is not None:
             return self.eng.local.test(self.src)
         return bool(self.ask(("value", self.eng.local)))
 
     def src_member(self, nset: NftSet) -> bool:
+        if self.src_gone:
+            raise Unsupported("the source after an established connection's NAT")
         if nset.name in self.updated:
             return True  # this very walk put the source there
         if self.src is not None:
@@ -378,15 +387,18 @@ class Walk:
                 return False
             phase = self.todo.pop(0)
             if phase == "route":  # after prerouting: to this host, or through it
-                self.todo[:0] = ["input"] if self.eng.local.test(self.dst) else ["forward", "postrouting"]
+                self.todo[:0] = ["input"] if self.dst_is_local() else ["forward", "postrouting"]
             elif phase == "loopback":  # sent by the host to itself: back in through lo
-                if self.eng.local.test(self.dst):
+                if self.dst_is_local():
                     self.todo[:0] = ["prerouting", "input"]
             else:
                 self.hook_name = phase
                 self.manip = "dst" if phase in ("prerouting", "output") else "src"
                 self.base_left = list(self.eng.hooks[phase])
                 self.nat_ran = False
+
+    def dst_is_local(self) -> bool:
+        return self.dst_local if self.dst is None else self.eng.local.test(self.dst)
 
     def end_base_chain(self, verdict: str | None) -> None:
         chain = self.cur
@@ -413,9 +425,19 @@ class Walk:
         return twin
 
     def apply_binding(self, manip: str) -> None:
-        """An established connection's NAT, applied where the nat hooks sit."""
+        """An established connection's NAT, applied where the nat hooks sit.
+        A plan for every connection to one service address (`abstract`)
+        cannot know the translated addresses: they become unknown, and a rule
+        that reads one makes the plan give way to the literal walk."""
         entry = self.entry
         if entry is None:
+            return
+        if self.abstract:
+            if manip == "dst" and (entry.dnat if self.direction == ORIGINAL else entry.snat) is not None:
+                self.dst = self.dport = None  # type: ignore[assignment]
+            elif manip == "src" and (entry.snat if self.direction == ORIGINAL else entry.dnat) is not None:
+                self.src_gone = True
+                self.sport = None  # type: ignore[assignment]
             return
         if self.direction == ORIGINAL:
             if manip == "dst" and entry.dnat is not None:
@@ -490,13 +512,18 @@ class Walk:
         """A packet field (not the source address); None: absent (no ports in ICMP)."""
         f = sel.field
         if f == DADDR:
+            if self.dst is None:
+                raise Unsupported("the destination after an established connection's NAT")
             return self.dst
         if f in (DPORT, SPORT):
             if sel.proto and sel.proto != self.proto:
                 return None
             if self.proto not in (6, 17, 132):
                 return None
-            return self.dport if f == DPORT else self.sport
+            port = self.dport if f == DPORT else self.sport
+            if port is None:
+                raise Unsupported("a port after an established connection's NAT")
+            return port
         if f == L4PROTO:
             return self.proto
         if f == MARK:
@@ -505,13 +532,13 @@ class Walk:
             return self.ctstate
         if f == FIB_DADDR:
             self.lookups += 1
-            return FIB_LOCAL if self.eng.local.test(self.dst) else FIB_UNICAST
+            return FIB_LOCAL if self.dst_is_local() else FIB_UNICAST
         if f in (IIF, IIFNAME):
             return self.iif
         if f in (OIF, OIFNAME):
             return ""
         if f == SADDR:
-            if self.src is None:
+            if self.src is None or self.src_gone:
                 raise Unsupported("the source address inside a concatenation")
             return self.src
         raise Unsupported(f"selector {f}")
@@ -639,34 +666,44 @@ class Walk:
 
     def outcome(self, established: bool) -> Outcome:
         final = self.final
+        if established and self.entry is not None:
+            decision = established_decision(final, self.rules, self.lookups + 1, self.entry, self.direction)
+            return Outcome(decision, None, False, tuple(self.actions), final, False)
+        stopped = final in ("drop", "reject")
         if final == "drop":
             verdict = Verdict.DROP
         elif final == "reject":
             verdict = Verdict.REJECT
-        elif self.dnat is not None or (established and self.entry is not None and self.direction == ORIGINAL):
-            verdict = Verdict.DNAT
         else:
-            verdict = Verdict.ACCEPT
-        endpoint = self.dnat
-        masq = self.masquerade
-        if established and self.entry is not None:
-            endpoint = self.entry.dnat
-            masq = self.entry.snat is not None
-            if endpoint is None and verdict is Verdict.DNAT:
-                verdict = Verdict.ACCEPT
-        service = self.service
-        if established and self.entry is not None and isinstance(self.entry.data, ServicePortName):
-            service = self.entry.data
+            verdict = Verdict.DNAT if self.dnat is not None else Verdict.ACCEPT
         decision = Decision(
             verdict,
-            endpoint if verdict is not Verdict.DROP and verdict is not Verdict.REJECT else None,
-            masq and verdict not in (Verdict.DROP, Verdict.REJECT),
+            None if stopped else self.dnat,
+            self.masquerade and not stopped,
             self.rules,
             self.lookups + 1,  # + the conntrack lookup
-            service,
-            established,
+            self.service,
+            False,
         )
         return Outcome(decision, self.dnat, self.masquerade, tuple(self.actions), final, self.ctstate == CT_NEW)
+
+
+def established_decision(final: str, rules: int, lookups: int, entry: CtEntry, direction: int) -> Decision:
+    """A packet of a tracked connection: its fate from the walk, its NAT from
+    the conntrack entry (DNAT for the original direction)."""
+    dnat = entry.dnat
+    if final == "drop":
+        verdict = Verdict.DROP
+    elif final == "reject":
+        verdict = Verdict.REJECT
+    elif direction == ORIGINAL and dnat is not None:
+        verdict = Verdict.DNAT
+    else:
+        verdict = Verdict.ACCEPT
+    stopped = final != "accept"
+    service = entry.data if isinstance(entry.data, ServicePortName) else None
+    masquerade = not stopped and entry.snat is not None
+    return Decision(verdict, None if stopped else dnat, masquerade, rules, lookups, service, True)
 
 
 def member(nset: NftSet, key: Any, now: float) -> bool:
@@ -957,8 +994,17 @@ class Engine:
         return out.decision
 
     def route_established(self, packet: Packet, hit: tuple[CtEntry, int], now: float) -> Decision:
+        """A packet of a tracked connection. Its plan is shared by every
+        connection to the same service address whose binding has the same
+        shape (DNAT or not, masquerade or not, to this host or not); the
+        addresses the binding gives stay unknown to it (Walk.apply_binding)."""
         entry, direction = hit
         ctstate = CT_ESTABLISHED if self.conntrack.update(entry, direction, packet.flags, now) else CT_INVALID
+        dnat, snat = entry.dnat, entry.snat
+        if direction == ORIGINAL:
+            to = dnat[0] if dnat is not None else packet.dst
+        else:
+            to = entry.orig[1] if snat is not None else packet.dst
         key = (
             ctstate,
             direction,
@@ -967,26 +1013,42 @@ class Engine:
             packet.dport,
             packet.local,
             packet.iif,
-            entry.dnat,
-            entry.snat,
-            entry.data,
-            entry.orig[1] if direction else 0,
+            dnat is not None,
+            snat is not None,
+            self.local.test(to),
         )
         plan = self.plans.get(key)
         if plan is None:
-            try:
-                plan = self.start_plan(packet, now, ctstate, entry, direction)
-            except Unsupported:
-                plan = False
+            plan = self.established_plan(packet, now, ctstate, entry, direction, key[-1])
             self.remember(key, plan)
         if plan is False:
             out, _ = self.walk(packet, now, ctstate, entry, direction)
             return out.decision
+        leaf = self.run_plan(plan, packet, now)
+        d = leaf.decision
+        return established_decision(leaf.final, d.rules, d.lookups, entry, direction)
+
+    def established_plan(
+        self, packet: Packet, now: float, ctstate: int, entry: CtEntry, direction: int, to_local: bool
+    ) -> Plan:
+        """Explored whole at once (an established packet's tree is small);
+        False when it reads an address the binding rewrote."""
+        walk = Walk(self, packet, now, ctstate, entry, direction, oracle=[], src_known=False)
+        walk.abstract, walk.dst_local = True, to_local
+
+        def fill(node: Plan) -> Plan:
+            if isinstance(node, Pending):
+                node = self.expand(node)
+            if isinstance(node, list):
+                first = 2 if node[0] == NUMGEN else 3
+                for i in range(first, len(node)):
+                    node[i] = fill(node[i])
+            return node
+
         try:
-            return self.run_plan(plan, packet, now).decision
-        except FinishedLiterally as done:
-            self.walk_literally(key)
-            return done.outcome.decision
+            return fill(self.expand(Pending(walk, _START)))
+        except Unsupported:
+            return False
 
 
 def clean_stale_udp(conntrack: Conntrack, view: NodeView) -> int:
