@@ -32,11 +32,12 @@ from nft_helpers import (
 )
 
 from netem.addr import parse_ip
+from netem.conntrack import INVALID, NONE, ORIGINAL, tcp_next_state
 from netem.errors import RulesetError
 from netem.packet import ACK, FIN, SYN, TCP, UDP, Packet
 from proxy_modes.base import Verdict
 from proxy_modes.nftables import engine
-from proxy_modes.nftables.engine import CT_NEW, NftablesMode
+from proxy_modes.nftables.engine import CT_ESTABLISHED, CT_INVALID, CT_NEW, NftablesMode
 from proxy_modes.nftables.ruleset import dump_commands, list_ruleset
 from proxy_modes.view import EndpointInfo, ProxyState, ServiceEntry
 
@@ -486,15 +487,24 @@ def test_compiled_plans_equal_the_literal_walk(seed: int, cache: int, monkeypatc
         dst, port = rnd.choice(targets)
         proto = rnd.choice([TCP, TCP, UDP, 132])
         p = packet(src, 1024 + rnd.randrange(40), dst, port, proto, local=src == NODE_IP)
+        entries = eng.conntrack.entries()
+        if entries and rnd.random() < 0.2:  # a reply, from the endpoint (or whoever answers)
+            reply = rnd.choice(entries).reply
+            p = Packet(*reply, flags=SYN | ACK if reply[0] == TCP else SYN)
         now = n * 0.05
         a = compiled.route(p, now)
         hit = eng.conntrack.lookup(p[:5], now)
         if hit is None:
-            out, _ = eng.walk(p, now, CT_NEW)
-            eng.commit_new(p, out, now)
+            # A TCP segment that cannot open a connection is ct state invalid.
+            opens = p.proto != TCP or tcp_next_state(ORIGINAL, p.flags, NONE) < INVALID
+            out, _ = eng.walk(p, now, CT_NEW if opens else CT_INVALID)
+            if opens:
+                eng.commit_new(p, out, now)
             b = out.decision
         else:
-            b = eng.route_established(p, hit, now)
+            entry, direction = hit
+            ctstate = CT_ESTABLISHED if eng.conntrack.update(entry, direction, p.flags, now) else CT_INVALID
+            b = eng.walk(p, now, ctstate, entry, direction)[0].decision
         assert a == b, (n, p)
     # Every destination was compiled (none fell back to the literal walk).
     assert (
