@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from dataclasses import field as dc_field
+from functools import lru_cache
 from typing import TypeAlias
 
 from netem.addr import int_to_ip, parse_ip
@@ -745,12 +746,24 @@ _FAST = (
     ("update", re.compile(rf"update @{_NAME} \{{ ip saddr \}}")),
     ("verdict", re.compile(rf"(jump|goto) {_NAME}")),
 )
-_NUMGEN_ELEMENT = re.compile(rf"(\d+) : (goto|jump) {_NAME}")
+_NUMGEN_ELEMENT = re.compile(rf"(\d+) : (goto|jump) {_NAME}(?: ,|,|$)")
+_L4PROTO, _SADDR, _DADDR = Selector(L4PROTO), Selector(SADDR), Selector(DADDR)
+_PROTO_VALUES = {name: Value(frozenset((number,))) for name, number in PROTOCOLS.items()}
 
 
+def _quad(text: str) -> int:
+    """A dotted quad the pattern has already shaped (four groups of 1-3 digits)."""
+    a, b, c, d = (int(x) for x in text.split("."))
+    if a > 255 or b > 255 or c > 255 or d > 255:
+        raise SyntaxProblem(f"not a valid {SADDR} value: {text!r}")
+    return (a << 24) | (b << 16) | (c << 8) | d
+
+
+@lru_cache(maxsize=1 << 12)
 def _cidr_value(text: str) -> Value:
-    item = parse_scalar(SADDR, text, 0)
-    return make_value(SADDR, [item])
+    if "/" not in text:
+        return Value(frozenset((_quad(text),)))
+    return make_value(SADDR, [parse_scalar(SADDR, text, 0)])
 
 
 _FAST_BY_START: dict[str, tuple[tuple[str, re.Pattern[str]], ...]] = {}
@@ -767,11 +780,11 @@ def parse_rule_fast(body: str) -> tuple[Expr, ...] | None:
             continue
         g = m.groups()
         if kind == "saddr-verdict":
-            return (Cmp(Selector(SADDR), _cidr_value(g[1]), g[0] is not None), Verdict((g[2], g[3])))
+            return (Cmp(_SADDR, _cidr_value(g[1]), g[0] is not None), Verdict((g[2], g[3])))
         if kind == "daddr-saddr-verdict":
             return (
-                Cmp(Selector(DADDR), _cidr_value(g[0])),
-                Cmp(Selector(SADDR), _cidr_value(g[2]), g[1] is not None),
+                Cmp(_DADDR, Value(frozenset((_quad(g[0]),)))),
+                Cmp(_SADDR, _cidr_value(g[2]), g[1] is not None),
                 Verdict((g[3], g[4])),
             )
         if kind == "daddr-dport-verdict":
@@ -782,16 +795,12 @@ def parse_rule_fast(body: str) -> tuple[Expr, ...] | None:
                 Verdict((g[3], g[4])),
             )
         if kind == "dnat":
-            return (Cmp(Selector(L4PROTO), make_value(L4PROTO, [PROTOCOLS[g[0]]])), Dnat(parse_ip(g[1]), int(g[2])))
+            return (Cmp(_L4PROTO, _PROTO_VALUES[g[0]]), Dnat(_quad(g[1]), int(g[2])))
         if kind == "numgen":
-            parts = [p.strip() for p in g[1].split(",")]
-            elements = []
-            for part in parts:
-                e = _NUMGEN_ELEMENT.fullmatch(part)
-                if e is None:
-                    return None
-                elements.append((int(e.group(1)), (e.group(2), e.group(3))))
-            return (Numgen(int(g[0]), 0, tuple(elements)),)
+            found = _NUMGEN_ELEMENT.findall(g[1])
+            if len(found) != g[1].count(":"):
+                return None  # something else in there: the general parser decides
+            return (Numgen(int(g[0]), 0, tuple((int(n), (how, chain)) for n, how, chain in found)),)
         if kind == "affinity":
             return (Lookup((Selector(SADDR),), g[0]), Verdict((g[1], g[2])))
         if kind == "update":
