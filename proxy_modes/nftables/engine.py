@@ -20,15 +20,19 @@ set or verdict map of more than one element, a `numgen` map, a FIB lookup
 
 Speed: a new connection's walk depends on the packet only through its source
 address, the random number `numgen` draws, the affinity sets and the time.
-`compile_plan` runs the same walk symbolically for one destination: an
-oracle answers each question about the source (`ip saddr != 10.0.0.0/8`,
-`ip saddr @affinity-...`, `fib saddr type local`) and each `numgen` draw, and
-every answer is explored, giving a small decision tree whose leaves hold the
-finished `Decision`. Routing a new connection is then a dict lookup and two
-or three comparisons; the verdict, the endpoint, the random draws and the
-reported cost are the literal walk's by construction (and a differential test
-holds them together). Anything the compiler cannot reason about falls back to
-the literal walk.
+The plan for one destination (`start_plan`) is the same walk run
+symbolically: an oracle answers each question about the source
+(`ip saddr != 10.0.0.0/8`, `ip saddr @affinity-...`, `fib saddr type local`)
+and each `numgen` draw, and every answer is a branch of a small decision tree
+whose leaves hold the finished `Decision`. Branches are explored the first
+time a packet takes one (the walk is an explicit machine that forks at the
+question), so the first packet to a destination costs about a literal walk
+and later ones a dict lookup and two or three comparisons. The verdict, the
+endpoint, the random draws and the reported cost are the literal walk's by
+construction (a differential test holds them together, packet by packet);
+what the compiler cannot reason about is finished and then walked literally.
+Packets of established connections share one plan per service address and
+binding shape, the addresses the binding rewrites left unknown to it.
 """
 
 from __future__ import annotations
