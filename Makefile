@@ -4,8 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # What the real-component tests (markers `kernel` and `nginx`) and benchmarks drive.
-DEB_PACKAGES := iptables nftables nginx-light conntrack haproxy ipset iproute2 strace
-DEB_COMMANDS := iptables nft nginx conntrack haproxy ipset ip tc strace
+DEB_PACKAGES := iptables nftables nginx-light conntrack haproxy ipset iproute2 strace tshark
+DEB_COMMANDS := iptables nft nginx conntrack haproxy ipset ip tc strace tshark
 
 .PHONY: test demo lint typecheck unit bench system-deps clean
 

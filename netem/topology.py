@@ -239,6 +239,15 @@ class Topology:
             net.pods[ip] = pod
             self.pods[ip] = pod
 
+    def add_pod(self, namespace: str, name: str, ip: int, node: str) -> PodNet:
+        """A pod attached to `node`'s bridge after the fact (a simulation's
+        client pods, pods of a scale-up)."""
+        self.node(node)
+        if ip in self.pods:
+            raise UsageError(f"address {int_to_ip(ip)} is taken by pod {self.pods[ip].namespace}/{self.pods[ip].name}")
+        self._attach(namespace, name, ip, node, False)
+        return self.pods[ip]
+
     def add_route(self, node: str, route: Route) -> None:
         """`ip route add` on one node (main table)."""
         self.node(node).main.add(route)

@@ -13,5 +13,6 @@ COMMANDS = [
     "bench",
     "proxy",
     "routes",
+    "simulate",
     "ingress",
 ]
