@@ -57,12 +57,12 @@ ROLLOUT_STEP = 2.0  # seconds between the steps of a rolling update
 
 
 # Modes with a calibrated kernel cost model: the module keeping it (issue 3
-# keeps iptables' in proxy_modes/iptables/cost.py: `DEFAULT.walk_us(rules)`,
+# keeps iptables' in proxy_modes/netfilter/cost.py: `DEFAULT.walk_us(rules)`,
 # the part of a connect's latency the kernel spends walking `rules` rules,
 # fitted to this machine's kernel). The base of that fit is the namespace
 # round trip, which the simulation's links already are, so only the walk
 # is charged, per routed packet.
-COST_MODULES = {"iptables": "proxy_modes.iptables.cost"}
+COST_MODULES = {"iptables": "proxy_modes.netfilter.cost"}
 
 
 def kernel_cost_model(mode: str) -> Callable[[Decision], int] | None:

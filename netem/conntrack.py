@@ -16,6 +16,7 @@ Expiry is driven by the caller's `now`; nothing here reads a clock.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from .addr import int_to_ip
@@ -184,6 +185,13 @@ class Conntrack:
 
     def __len__(self) -> int:
         return len(self._by_tuple) // 2
+
+    @property
+    def by_tuple(self) -> Mapping[Flow, CtEntry]:
+        """Both tuples of every entry, expired ones too until looked up or
+        expired (read-only: a hot path binds its `get` and checks `expires`
+        itself; `lookup` is the ordinary way)."""
+        return self._by_tuple
 
     def lookup(self, flow: Flow, now: float) -> tuple[CtEntry, int] | None:
         """The entry a packet with this tuple belongs to and its direction."""
