@@ -74,8 +74,8 @@ def decision_benchmark(benchmark: Any, services: int, destinations: int) -> None
     m = synced(services)
     packets = new_flows(cluster_view(services), 50_000, destinations)
     decide = m.engine.decide
-    for p in packets[:destinations]:  # compile every destination's plan first
-        decide(p, 0.0)
+    for p in packets[:destinations]:  # every destination's plan explored first
+        m.engine.prepare(p, 0.0)
     flow = cycling(packets)
 
     def one() -> object:
@@ -102,9 +102,8 @@ def test_new_flow_route(benchmark: Any, services: int) -> None:
     m = synced(services)
     packets = new_flows(cluster_view(services), 200_000)
     route = m.route
-    for p in packets[:SAMPLE]:  # compile first
-        route(p, 0.0)
-    m.conntrack.flush()
+    for p in packets[:SAMPLE]:  # every destination's plan explored first
+        m.engine.prepare(p, 0.0)
     flow = cycling(packets, m.conntrack.flush)
 
     def one() -> object:
@@ -114,16 +113,30 @@ def test_new_flow_route(benchmark: Any, services: int) -> None:
     assert not d.established
 
 
-@pytest.mark.benchmark(group="nftables: compiling one destination's plan")
-def test_plan_compile(benchmark: Any, services: int, pytestconfig: pytest.Config) -> None:
+@pytest.mark.benchmark(group="nftables: first connection to a destination (literal walk + plan start)")
+def test_first_packet_to_a_destination(benchmark: Any, services: int, pytestconfig: pytest.Config) -> None:
     m = synced(services)
     packets = iter(new_flows(cluster_view(services), 100_000))
 
-    def compile_one() -> object:
+    def first() -> object:
         m.engine.plans.clear()
+        m.engine.fast.clear()
         return m.engine.decide(next(packets), 0.0)
 
-    benchmark.pedantic(compile_one, rounds=1 if quick(pytestconfig) else 50, iterations=1)
+    benchmark.pedantic(first, rounds=1 if quick(pytestconfig) else 200, iterations=1)
+
+
+@pytest.mark.benchmark(group="nftables: one destination's whole plan explored")
+def test_whole_plan(benchmark: Any, services: int, pytestconfig: pytest.Config) -> None:
+    m = synced(services)
+    packets = iter(new_flows(cluster_view(services), 100_000))
+
+    def whole() -> None:
+        m.engine.plans.clear()
+        m.engine.fast.clear()
+        m.engine.prepare(next(packets), 0.0)
+
+    benchmark.pedantic(whole, rounds=1 if quick(pytestconfig) else 50, iterations=1)
 
 
 @pytest.mark.benchmark(group="nftables: full render (target 1.5 s at 10k services)")

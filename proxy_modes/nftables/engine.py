@@ -822,17 +822,31 @@ class Engine:
         src_known: bool = False,
     ) -> Plan:
         """The whole tree at once (every branch explored)."""
+        return self.fill(self.start_plan(packet, now, ctstate, entry, direction, src_known))
 
-        def fill(node: Plan) -> Plan:
-            if isinstance(node, Pending):
-                node = self.expand(node)
-            if isinstance(node, list):
-                first = 2 if node[0] == NUMGEN else 3
-                for i in range(first, len(node)):
-                    node[i] = fill(node[i])
-            return node
+    def fill(self, node: Plan) -> Plan:
+        """Explore every branch still Pending below `node`."""
+        if isinstance(node, Pending):
+            node = self.expand(node)
+        if isinstance(node, list):
+            for i in range(3 if node[0] == RANGE else 2, len(node)):  # the branches (see the node layouts)
+                node[i] = self.fill(node[i])
+        return node
 
-        return fill(self.start_plan(packet, now, ctstate, entry, direction, src_known))
+    def prepare(self, packet: Packet, now: float) -> None:
+        """Explore every branch of the plan for this packet's destination now
+        (what routing would otherwise do a packet at a time): benchmarks warm
+        up with it, callers who know their hot destinations may too."""
+        ctstate = CT_INVALID if packet[0] == TCP and not _TCP_OPENS[packet[7] & 0xFF] else CT_NEW
+        key = (ctstate, packet[3], packet[0], packet[4], packet[5], packet[6])
+        plan = self.plans.get(key)
+        if plan is None:
+            plan = self.new_plan(packet, now, ctstate)
+        if plan is not False:
+            try:
+                self.fill(plan)
+            except Unsupported:
+                self.walk_literally(key)
 
     def reach(self, packet: Packet, now: float) -> list[Reach]:
         """Every endpoint a new connection from this source could reach, with its
@@ -1039,18 +1053,8 @@ class Engine:
         False when it reads an address the binding rewrote."""
         walk = Walk(self, packet, now, ctstate, entry, direction, oracle=[], src_known=False)
         walk.abstract, walk.dst_local = True, to_local
-
-        def fill(node: Plan) -> Plan:
-            if isinstance(node, Pending):
-                node = self.expand(node)
-            if isinstance(node, list):
-                first = 2 if node[0] == NUMGEN else 3
-                for i in range(first, len(node)):
-                    node[i] = fill(node[i])
-            return node
-
         try:
-            return fill(self.expand(Pending(walk, _START)))
+            return self.fill(self.expand(Pending(walk, _START)))
         except Unsupported:
             return False
 

@@ -599,3 +599,26 @@ def test_what_cannot_be_compiled_is_walked_literally() -> None:
     assert lazy.rng.getstate() == literal.rng.getstate()
     assert seen == {(parse_ip("10.1.0.1"), 80), (parse_ip("10.1.0.2"), 80), (parse_ip("10.1.0.3"), 80)}
     assert lazy.engine.fast[(parse_ip("172.30.0.1"), 80, TCP)] is False
+
+
+def test_prepared_plans_route_as_lazy_ones() -> None:
+    from proxy_modes.nftables.engine import Pending
+
+    prepared, lazy = mode(rich_services(), seed=4), mode(rich_services(), seed=4)
+    dsts = [("172.30.0.41", 80), ("1.2.3.4", 80), ("172.30.0.42", 80), ("172.30.0.43", 80)]
+    for dst, port in dsts:
+        prepared.engine.prepare(packet("10.0.0.2", 1, dst, port), 0.0)
+
+    def pending(node: object) -> int:
+        if isinstance(node, Pending):
+            return 1
+        if isinstance(node, list):
+            return sum(pending(child) for child in node[2:])
+        return 0
+
+    assert prepared.engine.fast and all(pending(plan) == 0 for plan in prepared.engine.fast.values())
+    for n in range(400):
+        dst, port = dsts[n % len(dsts)]
+        p = packet(["10.0.0.2", EXT, "10.180.0.4", NODE_IP][n % 3], 2000 + n, dst, port)
+        assert prepared.route(p, n * 0.1) == lazy.route(p, n * 0.1)
+    assert prepared.rng.getstate() == lazy.rng.getstate()
