@@ -1134,6 +1134,11 @@ class NftablesMode:
     def route(self, packet: Packet, now: float) -> Decision:  # replaced per instance by Engine.route
         return self.engine.route(packet, now)
 
+    def prepare(self, packet: Packet, now: float) -> None:
+        """Build the whole decision plan for this packet's destination now
+        (routing builds it one branch at a time): the benchmarks' warm-up."""
+        self.engine.prepare(packet, now)
+
     def trace(self, packet: Packet, now: float) -> Trace:
         eng = self.engine
         steps: list[Step] = []
