@@ -86,3 +86,42 @@ def test_report_folder(tmp_path: Path) -> None:
     text = files[0].read_text()
     assert "| userspace | 10 | none |" in text and "![time against services](chart.png)" in text
     assert json.loads(files[2].read_text())["points"][0]["mode"] == "userspace"
+
+
+@pytest.mark.kernel
+def test_bench_real_kernel_curves(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--real loads rules into the kernel and connects through them, for both
+    iptables and nftables; nftables sizes above the cap are skipped, saying so."""
+    chart = tmp_path / "chart.png"
+    status = main(
+        [
+            "bench",
+            "--modes",
+            "iptables,nftables",
+            "--services",
+            "20,40",
+            "--endpoints",
+            "2",
+            "--flows",
+            "200",
+            "--affinity",
+            "none",
+            "--real",
+            "--real-nft-max",
+            "20",
+            "-o",
+            "json",
+            "--plot",
+            str(chart),
+        ]
+    )
+    assert status == 0
+    real = json.loads(capsys.readouterr().out)["real"]
+    assert sorted((p["mode"], p["services"]) for p in real["points"]) == [
+        ("iptables", 20),
+        ("iptables", 40),
+        ("nftables", 20),
+    ]
+    assert all(p["load_s"] > 0 and 50 < p["connect_last_us"] < 1e6 for p in real["points"])
+    assert "nftables skipped at 40 services" in real["notes"][0]
+    assert chart.stat().st_size > 10_000
