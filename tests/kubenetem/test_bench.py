@@ -13,6 +13,15 @@ from kubenetem import bench, report
 from kubenetem.cli import main
 from kubenetem.scenarios import synthetic_cluster
 from kubenetem.stats import chi_square, percentile
+from proxy_modes import registry
+
+
+@pytest.mark.parametrize("mode", registry.available())
+def test_established_packets_follow_their_connection(mode: str) -> None:
+    """The timed established packets are real ones: the handshake was
+    completed, so no mode sees them as new or as INVALID."""
+    point = bench.measure(mode, synthetic_cluster(services=20, endpoints=3, nodes=2), affinity=False, flows=300)
+    assert point.est_followed == 1.0
 
 
 @pytest.mark.parametrize("mode", ["ipvs", "userspace"])
