@@ -251,8 +251,18 @@ def warm_up(mode: ProxyMode, infos: Sequence[ServicePortInfo], clients: list[int
         mode.route(answer(mode, packet, decision, node_ip, 0.5), 0.502)  # and an established packet
 
 
-def measure(mode_name: str, cluster: Cluster, *, affinity: bool, flows: int = 20_000, seed: int = 0) -> Point:
-    """One point: a mode on a synthetic cluster, seen from node-1."""
+def measure(
+    mode_name: str,
+    cluster: Cluster,
+    *,
+    affinity: bool,
+    flows: int = 20_000,
+    seed: int = 0,
+    memory_mb: float | None = None,
+) -> Point:
+    """One point: a mode on a synthetic cluster, seen from node-1. The memory
+    a synced mode holds is measured (under tracemalloc, a slow sync) unless
+    the caller already knows it for this mode and cluster size."""
     rng = random.Random(seed)
     state = build_state(cluster)
     view = node_view(cluster, state, NODE)
@@ -280,9 +290,9 @@ def measure(mode_name: str, cluster: Cluster, *, affinity: bool, flows: int = 20
     est_times, est_decisions = _timed(mode.route, acks, now + 0.002)
     modeled = getattr(mode, "modeled_latency_us", None)
     kernel = (sum(modeled(d) for d in decisions) / len(decisions)) if modeled and decisions else None
-    balance_mode = registry.create(mode_name, random.Random(seed + 1))
-    balance_mode.sync(view)
-    balance = _balance(balance_mode, view, clients, affinity, rng, now)
+    # The balance is counted on the same synced mode, from its state after the
+    # timed flows (round-robin positions and affinity entries carry on).
+    balance = _balance(mode, view, clients, affinity, rng, now + 1.0)
     return Point(
         mode=mode_name,
         services=len(infos),
@@ -298,7 +308,7 @@ def measure(mode_name: str, cluster: Cluster, *, affinity: bool, flows: int = 20
         sync_s=sync_s,
         partial_sync_s=partial_s,
         objects=ruleset.objects,
-        memory_mb=_memory_mb(mode_name, view, seed),
+        memory_mb=_memory_mb(mode_name, view, seed) if memory_mb is None else memory_mb,
         balance=balance,
         flows=flows,
         est_followed=sum(d.established and d.endpoint is not None for d in est_decisions) / len(est_decisions),
@@ -324,6 +334,7 @@ def sweep(
             for mode in modes:
                 if progress:
                     progress(f"{mode}: {services} services, affinity {'ClientIP' if affinity else 'none'}")
-                report.points.append(measure(mode, cluster, affinity=affinity, flows=flows, seed=seed))
+                known = next((p.memory_mb for p in report.points if p.mode == mode and p.services == services), None)
+                report.points.append(measure(mode, cluster, affinity=affinity, flows=flows, seed=seed, memory_mb=known))
             del cluster
     return report
