@@ -8,7 +8,9 @@ from one node it measures, with the mode synced from that node's view:
 - decision time for new flows and for packets of established flows: every
   call timed on its own with `perf_counter_ns` (the timer's own cost, measured
   first, is subtracted), then median and p99; flows go to services drawn
-  uniformly, from client pods on the node;
+  uniformly, from client pods on the node, after a warm-up connection to
+  every service (engines that build per-destination plans lazily pay that
+  once, not in the timed steady state);
 - the modeled kernel cost of those decisions: rules evaluated or lookups as
   the mode reports them, turned into microseconds by the mode's calibrated
   cost model where it has one (`modeled_latency_us(decision)`);
@@ -42,7 +44,7 @@ from netem.cluster import Cluster
 from netem.packet import ACK, SYN, TCP, Packet
 from proxy_modes import registry
 from proxy_modes.base import Decision, ProxyMode
-from proxy_modes.view import NodeView, ServiceEntry, build_state, node_view
+from proxy_modes.view import NodeView, ServiceEntry, ServicePortInfo, build_state, node_view
 
 from .scenarios import synthetic_cluster
 from .stats import chi_square, percentile
@@ -83,6 +85,7 @@ class Point:
     memory_mb: float
     balance: Balance
     flows: int
+    est_followed: float = 1.0  # share of the established packets that followed their connection
 
 
 @dataclass
@@ -144,7 +147,7 @@ def _timed(
     return times, decisions
 
 
-def _clients(view: NodeView, rng: random.Random) -> list[int]:
+def clients_of(view: NodeView, rng: random.Random) -> list[int]:
     """Client pod addresses on the measured node (its podCIDR, above the
     synthetic endpoints), as kube-proxy would see traffic from local pods."""
     cidr = view.pod_cidrs[0]
@@ -152,7 +155,7 @@ def _clients(view: NodeView, rng: random.Random) -> list[int]:
     return [base + i for i in range(CLIENTS)]
 
 
-def _changed_view(view: NodeView) -> tuple[NodeView, tuple[str, str]]:
+def changed_view(view: NodeView) -> tuple[NodeView, tuple[str, str]]:
     """The same view with one service's last endpoint gone."""
     name, entry = next(iter(view.state.entries.items()))
     spn = entry.ports[0].name
@@ -219,8 +222,47 @@ def _balance(
     return Balance(flows, shares, (max(observed) / low) if low else float("inf"), stat, p, sticky)
 
 
-def measure(mode_name: str, cluster: Cluster, *, affinity: bool, flows: int = 20_000, seed: int = 0) -> Point:
-    """One point: a mode on a synthetic cluster, seen from node-1."""
+def answer(mode: ProxyMode, syn: Packet, decision: Decision, node_ip: int, now: float) -> Packet:
+    """Complete a handshake the node has seen the SYN of: the endpoint's
+    SYN/ACK comes back through the node (to the node's address when the SYN
+    was masqueraded, keeping the source port), and the client's ACK that
+    follows is returned. Without the SYN/ACK a client's ACK would be INVALID
+    to conntrack (tcp_conntracks: ack in SYN_SENT) and dropped by KUBE-FORWARD,
+    so it would not be an established packet at all."""
+    if decision.endpoint is not None:
+        ep_ip, ep_port = decision.endpoint
+        dst = node_ip if decision.masquerade else syn.src
+        mode.route(Packet(TCP, ep_ip, ep_port, dst, syn.sport, flags=SYN | ACK), now + 0.001)
+    return syn._replace(flags=ACK)
+
+
+def warm_up(mode: ProxyMode, infos: Sequence[ServicePortInfo], clients: list[int]) -> None:
+    """One connection to every service before anything is timed, so that what
+    an engine builds on a destination's first packet (compiled plans, caches)
+    is in place: the timed decisions are the steady state. Its source ports
+    (1..1023) are never used by the timed flows."""
+    prepare = getattr(mode, "prepare", None)
+    for n, info in enumerate(infos):
+        packet = Packet(TCP, clients[n % len(clients)], 1 + n % 1023, info.cluster_ip, info.port)
+        if prepare is not None:
+            prepare(packet, 0.5)
+        decision = mode.route(packet, 0.5)
+        node_ip = clients[0]  # only used for masqueraded replies, which none of these are
+        mode.route(answer(mode, packet, decision, node_ip, 0.5), 0.502)  # and an established packet
+
+
+def measure(
+    mode_name: str,
+    cluster: Cluster,
+    *,
+    affinity: bool,
+    flows: int = 20_000,
+    seed: int = 0,
+    memory_mb: float | None = None,
+) -> Point:
+    """One point: a mode on a synthetic cluster, seen from node-1. The memory
+    a synced mode holds is measured (under tracemalloc, a slow sync) unless
+    the caller already knows it for this mode and cluster size."""
     rng = random.Random(seed)
     state = build_state(cluster)
     view = node_view(cluster, state, NODE)
@@ -230,12 +272,13 @@ def measure(mode_name: str, cluster: Cluster, *, affinity: bool, flows: int = 20
     t0 = time.perf_counter()
     ruleset = mode.sync(view)
     sync_s = time.perf_counter() - t0
-    changed, _ = _changed_view(view)
+    changed, _ = changed_view(view)
     t0 = time.perf_counter()
     mode.sync(changed)
     partial_s = time.perf_counter() - t0
     mode.sync(view)
-    clients = _clients(view, rng)
+    clients = clients_of(view, rng)
+    warm_up(mode, infos, clients)
     targets = [infos[rng.randrange(len(infos))] for _ in range(flows)]
     new = [
         Packet(TCP, rng.choice(clients), 1024 + n % 60000, t.cluster_ip, t.port, flags=SYN)
@@ -243,12 +286,13 @@ def measure(mode_name: str, cluster: Cluster, *, affinity: bool, flows: int = 20
     ]
     now = 1.0
     new_times, decisions = _timed(mode.route, new, now)
-    est_times, _ = _timed(mode.route, [p._replace(flags=ACK) for p in new], now + 0.001)
+    acks = [answer(mode, p, d, view.node_ip, now) for p, d in zip(new, decisions, strict=True)]
+    est_times, est_decisions = _timed(mode.route, acks, now + 0.002)
     modeled = getattr(mode, "modeled_latency_us", None)
     kernel = (sum(modeled(d) for d in decisions) / len(decisions)) if modeled and decisions else None
-    balance_mode = registry.create(mode_name, random.Random(seed + 1))
-    balance_mode.sync(view)
-    balance = _balance(balance_mode, view, clients, affinity, rng, now)
+    # The balance is counted on the same synced mode, from its state after the
+    # timed flows (round-robin positions and affinity entries carry on).
+    balance = _balance(mode, view, clients, affinity, rng, now + 1.0)
     return Point(
         mode=mode_name,
         services=len(infos),
@@ -264,9 +308,10 @@ def measure(mode_name: str, cluster: Cluster, *, affinity: bool, flows: int = 20
         sync_s=sync_s,
         partial_sync_s=partial_s,
         objects=ruleset.objects,
-        memory_mb=_memory_mb(mode_name, view, seed),
+        memory_mb=_memory_mb(mode_name, view, seed) if memory_mb is None else memory_mb,
         balance=balance,
         flows=flows,
+        est_followed=sum(d.established and d.endpoint is not None for d in est_decisions) / len(est_decisions),
     )
 
 
@@ -289,6 +334,7 @@ def sweep(
             for mode in modes:
                 if progress:
                     progress(f"{mode}: {services} services, affinity {'ClientIP' if affinity else 'none'}")
-                report.points.append(measure(mode, cluster, affinity=affinity, flows=flows, seed=seed))
+                known = next((p.memory_mb for p in report.points if p.mode == mode and p.services == services), None)
+                report.points.append(measure(mode, cluster, affinity=affinity, flows=flows, seed=seed, memory_mb=known))
             del cluster
     return report

@@ -107,6 +107,17 @@ def print_table(report: Report, console: Console | None = None) -> None:
     )
 
 
+def print_real(points: Sequence[Any], notes: Sequence[str], console: Console | None = None) -> None:
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
+    body = [[p.mode, str(p.services), _num(p.load_s, 3), _num(p.connect_last_us, 1)] for p in points]
+    console.print(_rich_table("the real kernel (network namespaces)", REAL, body))
+    for note in notes:
+        console.print(note)
+
+
+REAL = ("mode", "services", "load rules s", "connect to last service µs")
+
+
 def markdown_table(columns: Sequence[str], body: list[list[str]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(r) + " |" for r in body]
@@ -121,15 +132,21 @@ CHARTS = (
 )
 
 
-def plot(report: Report, path: Path, real: dict[str, list[tuple[int, float]]] | None = None) -> None:
-    """One PNG, one panel per measure, time against services (log axes)."""
+def plot(report: Report, path: Path, real: dict[str, dict[str, list[tuple[int, float]]]] | None = None) -> None:
+    """One PNG, one panel per measure, time against services (log axes);
+    with `real` (realkernel.curves), two more panels for the real kernel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FormatStrFormatter
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
-    panels = list(CHARTS) + ([("real", "real kernel: connect to the last service (µs)")] if real else [])
+    panels = list(CHARTS)
+    if real:
+        panels += [
+            ("real:connect", "real kernel: connect to the last service (µs)"),
+            ("real:load", "real kernel: loading the rules (s)"),
+        ]
     ncols = 2
     nrows = (len(panels) + 1) // 2
     fig, axes = plt.subplots(nrows, ncols, figsize=(11, 4.0 * nrows), squeeze=False)
@@ -138,10 +155,10 @@ def plot(report: Report, path: Path, real: dict[str, list[tuple[int, float]]] | 
         ax.set_visible(False)
     modes = sorted({p.mode for p in report.points})
     for ax, (attr, title) in zip(flat, panels, strict=False):
-        if attr == "real":
-            for name, curve in sorted((real or {}).items()):
-                xs, ys = zip(*curve, strict=True) if curve else ((), ())
-                ax.plot(xs, ys, marker="o", label=name)
+        if attr.startswith("real:"):
+            for name, curve in sorted((real or {}).get(attr[5:], {}).items()):
+                xs, ys = zip(*sorted(curve), strict=True) if curve else ((), ())
+                ax.plot(xs, ys, marker="s", label=f"{name} (kernel)")
         else:
             for mode in modes:
                 for affinity in (False, True):
@@ -167,7 +184,9 @@ def plot(report: Report, path: Path, real: dict[str, list[tuple[int, float]]] | 
         if ax.lines:
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-            ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+            low, high = ax.get_ylim()
+            # Label the minor ticks too, but only where they do not crowd.
+            ax.yaxis.set_minor_formatter(FormatStrFormatter("%g") if high < 8 * low else NullFormatter())
             ax.legend(fontsize=7)
         else:
             ax.text(

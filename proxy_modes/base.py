@@ -18,8 +18,11 @@ affinity, scheduler positions): tracing a packet is sending it.
 
 Optional, by mode: `load_capture(text, local_ips, filename)` replaces `sync`
 with a ruleset captured on a real node (`kubenetem trace --iptables-save`
-etc.), and `dump_with(show=, fmt=, stats=, rate=)` renders other views of the
-state (`kubenetem rules --show ipsets`).
+etc.), `dump_with(show=, fmt=, stats=, rate=)` renders other views of the
+state (`kubenetem rules --show ipsets`), `modeled_latency_us(decision)` turns a
+decision's reported cost into the kernel's time through the mode's calibrated
+cost model, and `prepare(packet, now)` builds ahead whatever the mode would
+build lazily for that destination (the benchmarks' warm-up).
 
 Modes never import each other; what they share lives here and in `view`.
 """

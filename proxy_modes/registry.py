@@ -22,6 +22,7 @@ MODES: dict[str, tuple[str, str]] = {
     # filled in as modes land: name -> (module, class)
     "iptables": ("proxy_modes.iptables.engine", "IptablesMode"),
     "ipvs": ("proxy_modes.ipvs.engine", "IpvsMode"),
+    "nftables": ("proxy_modes.nftables.engine", "NftablesMode"),
     "userspace": ("proxy_modes.userspace.engine", "UserspaceMode"),
 }
 

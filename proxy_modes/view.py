@@ -25,6 +25,7 @@ from typing import NamedTuple
 from netem.addr import Cidr, int_to_ip
 from netem.cluster import Cluster
 from netem.gcpause import paused_gc
+from netem.ipam import DEFAULT_SERVICE_CIDR
 from netem.objects import EndpointSlice, ProxyConfig, Service
 from netem.packet import K8S_PROTOCOLS
 
@@ -161,6 +162,7 @@ class NodeView:
     config: ProxyConfig
     zone: str = ""
     pod_cidrs: tuple[Cidr, ...] = ()
+    service_cidrs: tuple[Cidr, ...] = ()  # the cluster's ServiceCIDRs (nftables drops unallocated ClusterIPs)
     _categorized: dict[ServicePortName, Categorized] = field(default_factory=dict, repr=False)
 
     @property
@@ -184,7 +186,9 @@ class NodeView:
         return hit
 
     def with_state(self, state: ProxyState) -> NodeView:
-        return NodeView(state, self.node_name, self.node_ips, self.config, self.zone, self.pod_cidrs)
+        return NodeView(
+            state, self.node_name, self.node_ips, self.config, self.zone, self.pod_cidrs, self.service_cidrs
+        )
 
 
 def categorize_endpoints(
@@ -342,7 +346,10 @@ def build_state(cluster: Cluster) -> ProxyState:
 def node_view(cluster: Cluster, state: ProxyState, node_name: str | None = None) -> NodeView:
     node = cluster.node(node_name)
     ips = tuple(ip for ip in (node.internal_ip, node.external_ip) if ip is not None)
-    return NodeView(state, node.name, ips, cluster.proxy_config, node.zone, tuple(node.pod_cidrs))
+    # Without ServiceCIDR objects the ClusterIPs came from the default range
+    # (netem.ipam), which is then the cluster's one ServiceCIDR.
+    service_cidrs = tuple(cluster.service_cidrs) or (DEFAULT_SERVICE_CIDR,)
+    return NodeView(state, node.name, ips, cluster.proxy_config, node.zone, tuple(node.pod_cidrs), service_cidrs)
 
 
 def build_views(cluster: Cluster) -> dict[str, NodeView]:

@@ -19,7 +19,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from netem.errors import UsageError
 from proxy_modes import registry
 
-from .. import bench, report
+from .. import bench, realkernel, report
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,6 +34,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p.add_argument("--plot", metavar="FILE.png", help="write the charts to this PNG file")
+    p.add_argument(
+        "--real",
+        action="store_true",
+        help="also measure the real kernel (root): rule loading and connect latency, iptables and nftables",
+    )
+    p.add_argument(
+        "--real-nft-max",
+        type=int,
+        default=3000,
+        metavar="N",
+        help="largest size `nft -f` is asked to load with --real (default 3000; it takes minutes above)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -67,8 +79,10 @@ def run(args: argparse.Namespace) -> int:
     plot_path = Path(args.plot) if args.plot else None
     if plot_path is not None and not plot_path.parent.resolve().is_dir():
         raise UsageError(f"--plot: no such directory {plot_path.parent}")
+    if args.real:
+        realkernel.check_root()
     console = Console(stderr=True)
-    total = len(sizes) * len(affinities) * (len(modes) + 1)
+    total = len(sizes) * len(affinities) * (len(modes) + 1) + (2 if args.real else 0)
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True
     ) as progress:
@@ -78,11 +92,17 @@ def run(args: argparse.Namespace) -> int:
             progress.update(task, description=text, advance=1)
 
         result = bench.sweep(modes, sizes, args.endpoints, affinities, args.seed, flows=args.flows, progress=step)
+        real_points, notes = realkernel.measure(sizes, modes, args.real_nft_max, step) if args.real else ([], [])
     if args.output == "json":
-        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
+        data = result.to_json()
+        if args.real:
+            data["real"] = realkernel.to_json(real_points, notes)
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
         report.print_table(result)
+        if args.real:
+            report.print_real(real_points, notes)
     if plot_path is not None:
-        report.plot(result, plot_path)
+        report.plot(result, plot_path, realkernel.curves(real_points) if args.real else None)
         console.print(f"charts written to {plot_path}")
     return 0

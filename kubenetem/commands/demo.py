@@ -32,7 +32,7 @@ from .. import bench, examples_dir, report, tables
 from .common import load
 
 SWEEP_SIZES = (100, 1000, 3000)
-SWEEP_FLOWS = 4000
+SWEEP_FLOWS = 3000
 OUTSIDE_CLIENT = "203.0.113.10"
 
 

@@ -23,7 +23,7 @@ from netem.errors import RulesetError, UsageError, Where
 from netem.gcpause import paused_gc
 from netem.packet import SCTP, UDP, Packet
 from proxy_modes.base import Decision, Ruleset, Trace
-from proxy_modes.netfilter import syntax, xt
+from proxy_modes.netfilter import cost, syntax, xt
 from proxy_modes.netfilter.engine import Netfilter
 from proxy_modes.netfilter.syntax import Chain, Rule, RuleCache, Tables
 from proxy_modes.view import NodeView, ProxyState, ServicePortName
@@ -182,6 +182,11 @@ class IptablesMode:
             want = serving.get((proto, dst, dport))
             if want is not None and entry.dnat is not None and entry.dnat not in want:
                 ct.delete(entry)
+
+    def modeled_latency_us(self, decision: Decision) -> float:
+        """What the kernel spends walking the rules this decision walked
+        (the calibrated per-rule cost of iptables-nft on this machine)."""
+        return cost.DEFAULT.walk_us(decision.rules)
 
     def load_capture(self, text: str, local_ips: list[int], filename: str) -> None:
         """Trace through a real node's `iptables-save` instead of rendered rules."""

@@ -12,7 +12,6 @@ kernel holds.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 import pytest
 from kn_iptables_lab import NODE_IP, SERVICES, Lab, load_view, manifest, open_lab
 
+from kubenetem.stats import chi2_sf, chi_square
 from netem.addr import int_to_ip, parse_ip
 from netem.netns import Host
 from netem.packet import ACK, SYN, TCP, UDP, Packet
@@ -146,50 +146,15 @@ def test_iptables_save_prints_the_rules_the_engine_holds(lab: Lab) -> None:
 
 
 def chi_square_p(observed: list[int], expected: list[float]) -> float:
-    """p-value of Pearson's chi-square test (upper regularized gamma Q(k/2, x/2))."""
-    stat = sum((o - e) ** 2 / e for o, e in zip(observed, expected, strict=True))
-    return _gamma_q((len(observed) - 1) / 2, stat / 2)
-
-
-def _gamma_q(a: float, x: float) -> float:
-    if x <= 0:
-        return 1.0
-    if x < a + 1:  # series for P, then Q = 1 - P
-        term = total = 1.0 / a
-        n = a
-        while abs(term) > 1e-15 * abs(total):
-            n += 1
-            term *= x / n
-            total += term
-        return 1.0 - total * math.exp(-x + a * math.log(x) - math.lgamma(a))
-    # continued fraction (Lentz) for Q
-    tiny = 1e-300
-    b = x + 1 - a
-    c = 1 / tiny
-    d = 1 / b
-    h = d
-    i = 1
-    while True:
-        an = -i * (i - a)
-        b += 2
-        d = an * d + b
-        d = tiny if abs(d) < tiny else d
-        c = b + an / c
-        c = tiny if abs(c) < tiny else c
-        d = 1 / d
-        delta = d * c
-        h *= delta
-        i += 1
-        if abs(delta - 1) < 1e-15 or i > 10000:
-            break
-    return math.exp(-x + a * math.log(x) - math.lgamma(a)) * h
+    """p-value of Pearson's chi-square test (kubenetem.stats, shared with the benchmarks)."""
+    return chi_square(observed, expected)[1]
 
 
 def test_chi_square_helper_knows_its_table() -> None:
     # chi-square 7.815 with 3 degrees of freedom is the 5% point; 16.27 the 0.1% point.
     assert chi_square_p([1], [1]) == 1.0
-    assert abs(_gamma_q(1.5, 7.815 / 2) - 0.05) < 1e-3
-    assert abs(_gamma_q(1.5, 16.27 / 2) - 0.001) < 1e-4
+    assert abs(chi2_sf(7.815, 3) - 0.05) < 1e-3
+    assert abs(chi2_sf(16.27, 3) - 0.001) < 1e-4
 
 
 def test_two_thousand_connections_follow_the_engine_probabilities(lab: Lab) -> None:

@@ -13,6 +13,15 @@ from kubenetem import bench, report
 from kubenetem.cli import main
 from kubenetem.scenarios import synthetic_cluster
 from kubenetem.stats import chi_square, percentile
+from proxy_modes import registry
+
+
+@pytest.mark.parametrize("mode", registry.available())
+def test_established_packets_follow_their_connection(mode: str) -> None:
+    """The timed established packets are real ones: the handshake was
+    completed, so no mode sees them as new or as INVALID."""
+    point = bench.measure(mode, synthetic_cluster(services=20, endpoints=3, nodes=2), affinity=False, flows=300)
+    assert point.est_followed == 1.0
 
 
 @pytest.mark.parametrize("mode", ["ipvs", "userspace"])
@@ -86,3 +95,42 @@ def test_report_folder(tmp_path: Path) -> None:
     text = files[0].read_text()
     assert "| userspace | 10 | none |" in text and "![time against services](chart.png)" in text
     assert json.loads(files[2].read_text())["points"][0]["mode"] == "userspace"
+
+
+@pytest.mark.kernel
+def test_bench_real_kernel_curves(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--real loads rules into the kernel and connects through them, for both
+    iptables and nftables; nftables sizes above the cap are skipped, saying so."""
+    chart = tmp_path / "chart.png"
+    status = main(
+        [
+            "bench",
+            "--modes",
+            "iptables,nftables",
+            "--services",
+            "20,40",
+            "--endpoints",
+            "2",
+            "--flows",
+            "200",
+            "--affinity",
+            "none",
+            "--real",
+            "--real-nft-max",
+            "20",
+            "-o",
+            "json",
+            "--plot",
+            str(chart),
+        ]
+    )
+    assert status == 0
+    real = json.loads(capsys.readouterr().out)["real"]
+    assert sorted((p["mode"], p["services"]) for p in real["points"]) == [
+        ("iptables", 20),
+        ("iptables", 40),
+        ("nftables", 20),
+    ]
+    assert all(p["load_s"] > 0 and 50 < p["connect_last_us"] < 1e6 for p in real["points"])
+    assert "nftables skipped at 40 services" in real["notes"][0]
+    assert chart.stat().st_size > 10_000
