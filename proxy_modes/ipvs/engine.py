@@ -1050,13 +1050,34 @@ class IpvsMode:
         return False
 
     def modeled_latency_us(self, decision: Decision) -> float:
-        """What the kernel would take for this decision: the calibrated
-        netfilter model (proxy_modes/netfilter/cost.py) for the rules walked.
-        IPVS's own lookups (connection table, virtual service, template) are
-        O(1) hash lookups like conntrack's, whose cost the model's base (a
-        connect's round trip through the node) already holds; this kernel has
-        no IPVS to measure more finely."""
-        return KERNEL_COST.latency_us(decision.rules)
+        """What the kernel spends on this decision beyond a connection's
+        round trip: the rules it walked, through the calibrated netfilter
+        model (proxy_modes/netfilter/cost.py), as the iptables mode reports
+        it. IPVS's own lookups (connection table, virtual service, template)
+        are O(1) hash lookups like conntrack's, which the model's base holds;
+        this kernel has no IPVS to measure them more finely."""
+        return KERNEL_COST.walk_us(decision.rules)
+
+    def prepare(self, packet: Packet, now: float) -> None:
+        """Build ahead what a new connection from this packet's client to its
+        service builds lazily: the walk up to IPVS and every real server's
+        plan (the benchmarks' warm-up). Nothing is scheduled, no connection
+        made; the walks change no state (the cache holds only pure rules)."""
+        key_fn, hooks = self._key, self.hooks
+        svc = self.services.get((packet.proto, packet.dst, packet.dport))
+        if svc is None or key_fn is None or not _opens(packet):
+            return
+        key = key_fn(packet)
+        if svc.pre.get(key) is None and self._pre_entry(svc, key) is None:
+            if hooks is None:
+                return
+            verdict, st = hooks.first(packet, now, None)
+            if verdict != V_ACCEPT or not hooks.reaches_ipvs(st) or (st.dst, st.dport) != (svc.addr, svc.port):
+                return  # the rules decide before IPVS: the first connection walks it
+            self._pre_walks[(self._cls(svc.cls, key), key)] = (True, Walked(V_ACCEPT, st.rules, st.lookups, False))
+        for dest in svc.dests:
+            if key not in dest.decisions:
+                self._plan_for(svc, dest, packet, now, key, None)
 
     # --- tracing ------------------------------------------------------------
 

@@ -151,3 +151,25 @@ def test_masquerade_comes_from_the_rules(tmp_path: Path) -> None:
     assert route("203.0.113.10", "5.6.7.8", 80, sport=30003).verdict is Verdict.DNAT
     # A ClusterIP's port it does not serve: KUBE-IPVS-FILTER rejects the new connection.
     assert route("10.0.0.5", "172.30.0.10", 81).verdict is Verdict.REJECT
+
+
+def test_prepare_builds_ahead_without_changing_anything(tmp_path: Path) -> None:
+    """prepare() (the benchmarks' warm-up) fills every real server's plan for
+    the client's key; a mode that prepares before each packet decides, and
+    schedules, exactly as one that does not."""
+    view = load_view(tmp_path, manifest())
+    plain, prepared = IpvsMode(random.Random(5)), IpvsMode(random.Random(5))
+    for m in (plain, prepared):
+        m.sync(view)
+    rng = random.Random(9)
+    targets = _targets(view)
+    for n in range(400):
+        src, local = rng.choice(SOURCES)
+        proto, dst, dport = rng.choice(targets)
+        p = Packet(proto, parse_ip(src), 30000 + n, dst, dport, local, "", SYN if proto == TCP else 0)
+        prepared.prepare(p, 1.0)
+        assert prepared.route(p, 1.0) == plain.route(p, 1.0), p
+    svc = prepared.services[(TCP, parse_ip("172.30.0.22"), 80)]  # svc-dist, four servers
+    key = prepared._key(Packet(TCP, parse_ip("10.0.0.5"), 1, svc.addr, 80, False, "", SYN))
+    prepared.prepare(Packet(TCP, parse_ip("10.0.0.5"), 1, svc.addr, 80, False, "", SYN), 1.0)
+    assert len(svc.dests) == 4 and all(key in d.decisions for d in svc.dests)
