@@ -61,8 +61,10 @@ ROLLOUT_STEP = 2.0  # seconds between the steps of a rolling update
 # the part of a connect's latency the kernel spends walking `rules` rules,
 # fitted to this machine's kernel). The base of that fit is the namespace
 # round trip, which the simulation's links already are, so only the walk
-# is charged, per routed packet.
-COST_MODULES = {"iptables": "proxy_modes.netfilter.cost"}
+# is charged, per routed packet. IPVS's decisions report the rules of
+# kube-proxy's iptables rules around it, walked by the same engine (its own
+# hash lookups are O(1), like conntrack's, and inside that base).
+COST_MODULES = {"iptables": "proxy_modes.netfilter.cost", "ipvs": "proxy_modes.netfilter.cost"}
 
 
 def kernel_cost_model(mode: str) -> Callable[[Decision], int] | None:

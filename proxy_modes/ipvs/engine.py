@@ -7,8 +7,9 @@ Restated from net/netfilter/ipvs:
   virtual service by (protocol, address, port) and is scheduled
   (ip_vs_schedule), persistent services through ip_vs_sched_persist(). No
   destination means ICMP port unreachable (ip_vs_leave): verdict REJECT. A
-  TCP segment that is not a SYN and has no connection is not IPVS's: it goes
-  to the node's own stack, where nothing listens (ACCEPT, no DNAT).
+  TCP segment without SYN (or with RST) and no connection is not IPVS's: it
+  goes to the node's own stack, which answers with a RST (REJECT here; see
+  `_not_scheduled`).
 - ip_vs_conn.c: a new connection is counted as *inactive* on its server
   (__ip_vs_update_dest sets IP_VS_CONN_F_INACTIVE in the dest's conn flags)
   and becomes active when the TCP state machine reaches ESTABLISHED
@@ -23,32 +24,39 @@ Restated from net/netfilter/ipvs:
   0, with kube-proxy's expire_quiescent_template=1) is invalidated and a new
   server is scheduled.
 - expire_nodest_conn=1 (kube-proxy sets it): a packet of a connection whose
-  server was removed expires that connection and is dropped; conn_reuse_mode
-  (default 1): a new SYN on a connection in TIME_WAIT, or whose server has
-  weight 0, expires it and is scheduled afresh.
+  server was removed expires that connection and is dropped; a SYN on a
+  connection whose server has weight 0, or (conn_reuse_mode 1) in
+  TIME_WAIT/CLOSE without a template, expires it and is scheduled afresh,
+  unless the node's conntrack entry is the old one: then it is dropped
+  (`_reuse`, ip_vs_in_hook's old_ct).
+- Around IPVS, kube-proxy's iptables rules (hooks.py, walked by the shared
+  netfilter engine) decide masquerading and what the packet costs.
 
 The table is expired exactly, by `now`: a heap of (expiry, serial, conn)
 holds one entry per connection, re-pushed lazily when the timer moved, so a
-packet costs one comparison for it. Decisions are built once per
-(destination, masquerade) and per connection and reused, so the hot path
-allocates only the connection.
+packet costs one comparison for it. The rules' walks are cached per
+service and per real server under a key of the packet properties they can
+depend on (hooks.py), so the hot path allocates only the connection.
 """
 
 from __future__ import annotations
 
-import gc
 import heapq
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
-from netem.addr import Cidr, int_to_ip, parse_ip
+from netem.addr import int_to_ip, parse_ip
 from netem.errors import RulesetError, UsageError
+from netem.gcpause import paused_gc
 from netem.packet import ACK, FIN, RST, SYN, TCP, UDP, Packet, proto_name
+from proxy_modes.netfilter.cost import DEFAULT as KERNEL_COST
+from proxy_modes.netfilter.engine import V_ACCEPT, V_DROP, V_REJECT
 
 from ..base import Decision, Reach, Ruleset, Step, Trace, Verdict
 from ..view import NodeView
 from . import formats
-from .rules import CLUSTER, EXTERNAL, LOADBALANCER, NODEPORT, IPSet, IpvsState, VirtualServerSpec, build_state
+from .hooks import OPENS, NodeRules, Walked
+from .rules import IPSet, IpvsState, VirtualServerSpec, build_state
 from .schedulers import ADD, DEL, F_PERSISTENT, UPD, Dest, Scheduler, make_scheduler
 
 if TYPE_CHECKING:
@@ -89,8 +97,25 @@ TCP_STATES: tuple[tuple[int, ...], ...] = (
 )
 
 
-# A TCP segment schedules a connection only as a pure SYN (tcp_conn_schedule).
-_SCHED_FLAGS = SYN | ACK | RST | FIN
+# tcp_conn_schedule(): a TCP segment schedules a connection when it has SYN
+# and not RST ("no !th->ack check to allow scheduling on SYN+ACK").
+_SYN_RST = SYN | RST
+_VERDICTS = {V_ACCEPT: Verdict.DNAT, V_DROP: Verdict.DROP, V_REJECT: Verdict.REJECT}
+_NOT_WALKED = Walked(V_ACCEPT, 0, -1, False)  # no rules known (a captured table): no conntrack lookup either
+# TCP flags whose walk is the SYN's: IPVS schedules them and conntrack opens
+# an entry (a SYN+ACK is scheduled too, but conntrack finds it INVALID, so its
+# walk differs: it is never cached).
+_CACHED_FLAGS = tuple(f & _SYN_RST == SYN and OPENS[f] for f in range(256))
+
+
+def _no_key(packet: Packet) -> int:
+    """The walk key when there are no rules to walk (a captured table)."""
+    return 0
+
+
+def _opens(packet: Packet) -> bool:
+    """Whether this packet's walk may be cached under its key."""
+    return packet.proto != TCP or _CACHED_FLAGS[packet.flags & 0xFF]
 
 
 def tcp_state_idx(flags: int) -> int:
@@ -106,41 +131,122 @@ def tcp_state_idx(flags: int) -> int:
     return -1
 
 
+def _next_states(direction: int) -> tuple[tuple[int, ...], ...]:
+    """set_tcp_state()'s next state per TCP flags byte and current state, for
+    one direction (a segment with none of rst/syn/fin/ack moves to CLOSE)."""
+    rows = []
+    for flags in range(256):
+        idx = tcp_state_idx(flags)
+        rows.append((CL,) * len(TCP_STATE_NAMES) if idx < 0 else TCP_STATES[direction + idx])
+    return tuple(rows)
+
+
+NEXT_STATE = {INPUT: _next_states(INPUT), OUTPUT: _next_states(OUTPUT)}
+_IN_NEXT = NEXT_STATE[INPUT]
+
+
 class Conn:
     """struct ip_vs_conn: a connection or (template=True) a persistence template."""
 
-    __slots__ = (
+    # What a packet of an established connection reads comes first: the
+    # fields share the object's first cache lines (not sorted on purpose).
+    __slots__ = (  # noqa: RUF023
+        "dest",
+        "state",
+        "timeout",
+        "expires",
+        "queued",
+        "decision",
+        "proto",
+        "key",
+        "flow",
+        "svc",
+        "first",
+        "plan",
         "active",
         "control",
-        "decision",
-        "dest",
-        "expires",
-        "flow",
-        "key",
         "n_control",
-        "proto",
-        "queued",
-        "state",
-        "svc",
+        "reply",
+        "replied",
+        "reopen",
         "template",
-        "timeout",
     )
 
-    def __init__(self, flow: tuple[int, ...], dest: Dest, svc: Service, template: bool = False) -> None:
+    def __init__(
+        self,
+        flow: tuple[int, ...],
+        dest: Dest,
+        svc: Service,
+        first: Packet | None = None,
+        plan: Plan | None = None,
+        state: int = NO,
+        timeout: float = 3.0,
+        expires: float = 0.0,
+        queued: float = INF,
+        template: bool = False,
+    ) -> None:
         self.flow = flow
         self.key: tuple[int, ...] | None = flow
         self.proto = flow[0]
         self.dest = dest
         self.svc = svc
+        self.first = first  # the packet that opened it (what its walks depend on)
+        self.plan = plan
+        self.state = state
+        self.timeout = timeout
+        self.expires = expires
+        self.queued = queued  # the timer bucket this entry waits in
         self.template = template
         self.active = False  # IP_VS_CONN_F_INACTIVE cleared
-        self.state = NO
-        self.timeout = 3.0
-        self.expires = 0.0
         self.control: Conn | None = None
         self.n_control = 0
-        self.queued = INF  # the timer bucket this entry waits in
-        self.decision: Decision | None = None
+        self.decision: Decision | None = None  # for the client's packets (None: work it out)
+        self.reply: Decision | None = None  # for the server's replies
+        self.replied = False  # the server answered: conntrack's ESTABLISHED (SEEN_REPLY)
+        self.reopen = False  # closed so that conntrack would reopen it for a new SYN (see _old_conntrack)
+
+
+class Plan:
+    """The decisions of connections to one real server whose first packets
+    had the same walk key: the first packet's, and the client's later ones
+    before and after the server answered (made on first use). Made once,
+    reused while the rules stay (the sync clears them)."""
+
+    __slots__ = ("endpoint", "est", "est_replied", "masquerade", "new", "spn", "stale", "walks")
+
+    def __init__(
+        self, new: Decision, walks: tuple[Walked, Walked, Walked], endpoint: tuple[int, int], spn: Any
+    ) -> None:
+        self.new = new
+        self.walks = walks
+        self.endpoint = endpoint
+        self.spn = spn
+        self.masquerade = walks[0].masquerade
+        self.est: Decision | None = None
+        self.est_replied: Decision | None = None
+        self.stale = False  # the rules changed since: walk again (the NAT stays)
+
+    def later(self, replied: bool) -> Decision:
+        """The decision for the client's later packets."""
+        dec = self.est_replied if replied else self.est
+        if dec is None:
+            dec = made(self.walks[2 if replied else 1], self.endpoint, self.spn, 1, True)
+            if replied:
+                self.est_replied = dec
+            else:
+                self.est = dec
+        return dec
+
+
+def made(w: Walked, endpoint: tuple[int, int] | None, spn: Any, ipvs_lookups: int, established: bool) -> Decision:
+    """A Decision from a walk: its verdict (ACCEPT with an endpoint is IPVS's
+    DNAT), its rules, and the lookups: conntrack's and each ipset test, plus
+    IPVS's own (connection table, service, template)."""
+    lookups = ipvs_lookups + (0 if w.lookups < 0 else 1 + w.lookups)
+    if w.verdict == V_ACCEPT and endpoint is not None:
+        return Decision(Verdict.DNAT, endpoint, w.masquerade, w.rules, lookups, spn, established)
+    verdict = Verdict.ACCEPT if w.verdict == V_ACCEPT else _VERDICTS[w.verdict]
+    return Decision(verdict, None, False, w.rules, lookups, spn, established)
 
 
 class Service:
@@ -148,6 +254,7 @@ class Service:
 
     __slots__ = (
         "addr",
+        "cls",
         "dest_index",
         "dests",
         "flags",
@@ -155,6 +262,7 @@ class Service:
         "local",
         "netmask",
         "port",
+        "pre",
         "proto",
         "sched",
         "sched_name",
@@ -175,6 +283,10 @@ class Service:
         self.dests: list[Dest] = []
         self.dest_index: dict[tuple[int, int], Dest] = {}
         self.stats = [0, 0, 0, 0, 0]
+        # Per walk key of a client no set holds: (reached IPVS?, the walk up to
+        # IPVS or all of it). One dict for every service of its class (sync).
+        self.pre: dict[object, tuple[bool, Walked]] = {}
+        self.cls: Any = (0, 0)  # hooks.vip_class (coarse, full): services alike to the rules share walks
         try:
             self.sched: Scheduler = make_scheduler(spec.scheduler, spec.flags)
         except KeyError:
@@ -220,20 +332,26 @@ class IpvsMode:
 
     name = "ipvs"
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, literal: bool = False) -> None:
         self.rng = rng
+        self.literal = literal  # walk every packet through the rules (the differential test's reference)
+        self.hooks: NodeRules | None = None
+        self._key: Any = _no_key  # hooks.new_key when the walks can be cached; None: walk every packet
+        self._reply_key: Any = None
+        # Walks shared by every service (and real server) of a class, per client key.
+        self._pre_walks: dict[tuple[Any, Any], tuple[bool, Walked]] = {}
+        self._plan_walks: dict[tuple[Any, Any, Any], tuple[Walked, Walked, Walked]] = {}
         self.services: dict[tuple[int, int, int], Service] = {}
         self.conns: dict[tuple[int, ...], Conn] = {}
         self.templates: dict[tuple[int, ...], Conn] = {}
         self._wheel: dict[float, list[Conn]] = {}
         self._ticks: list[float] = []
         self._next_expiry = INF
-        self.track_replies = False  # index connections by their reply tuple too
+        self.track_replies = False  # index connections by their reply tuple too (in _by_reply)
+        self._by_reply: dict[tuple[int, ...], Conn] = {}
         self.timeouts: list[float] = list(TCP_TIMEOUTS)
         self.udp_timeout: float = UDP_TIMEOUT
         self.state: IpvsState | None = None
-        self.cluster_cidrs: tuple[Cidr, ...] = ()
-        self.masquerade_all = False
         self.local_ips: set[int] = set()
         self.graceful: dict[tuple[tuple[int, int, int], tuple[int, int]], float] = {}
         self._captured = False
@@ -252,21 +370,18 @@ class IpvsMode:
         reconcile the table with it. Returns virtual + real servers."""
         # Building 100k+ small objects at once sets off the cyclic garbage
         # collector again and again over the whole (large) heap; none of
-        # them are garbage, so pause it for the build.
-        paused = gc.isenabled()
-        gc.disable()
-        try:
+        # them are garbage, so pause it for the build (and freeze what was
+        # built: later collections need not walk it, netem/gcpause.py).
+        with paused_gc():
             self._apply_state(build_state(view))
-        finally:
-            if paused:
-                gc.enable()
         return sum(1 + len(s.dests) for s in self.services.values())
 
     def _apply_state(self, state: IpvsState, now: float = 0.0) -> None:
         self.state = state
-        self.cluster_cidrs = state.cluster_cidrs
-        self.masquerade_all = state.masquerade_all
         self.local_ips = set(state.node_ips) | set(state.addresses)
+        # The VIPs on kube-ipvs0 are the node's own addresses to the rules (addrtype LOCAL).
+        self.hooks = NodeRules(state.iptables, [*state.node_ips, *state.addresses], state.ipsets, self.literal)
+        self._key, self._reply_key = self.hooks.new_key, self.hooks.reply_key
         tcp, tcpfin, udp = state.timeouts
         if tcp:
             self.timeouts[ES] = tcp
@@ -286,6 +401,29 @@ class IpvsMode:
                 svc = self.services[key] = Service(spec)
             svc.timeout, svc.spn, svc.kind, svc.local = spec.timeout, spec.spn, spec.kind, spec.local
             self._sync_dests(svc, spec, now)
+        self._forget_walks()
+
+    def _forget_walks(self) -> None:
+        """New rules and sets: every cached walk and connection decision is
+        worked out again when next needed (later packets walk the new filter
+        rules, as in the kernel; the NAT a connection got stays)."""
+        self._pre_walks.clear()
+        self._plan_walks.clear()
+        hooks = self.hooks
+        vip_class = hooks.vip_class if hooks is not None else None
+        server_class = hooks.server_class if hooks is not None else None
+        by_class: dict[Any, dict[object, tuple[bool, Walked]]] = {}
+        for svc in self.services.values():
+            svc.cls = vip_class(svc.proto, svc.addr, svc.port) if vip_class is not None else (0, 0)
+            svc.pre = by_class.setdefault(svc.cls[0], {})
+            for d in svc.dests:
+                d.decisions.clear()
+                d.replies.clear()
+                d.cls = None if server_class is not None else (0, 0)  # worked out on first use
+        for cp in self.conns.values():
+            cp.decision = cp.reply = None
+            if cp.plan is not None:
+                cp.plan.stale = True
 
     def _sync_dests(self, svc: Service, spec: VirtualServerSpec, now: float) -> None:
         want = {(a, p): w for a, p, w in spec.dests}
@@ -380,8 +518,8 @@ class IpvsMode:
         table = self.templates if cp.template else self.conns
         if cp.key is not None and table.get(cp.key) is cp:
             del table[cp.key]
-            if self.track_replies and not cp.template and self.conns.get(reply_key(cp)) is cp:
-                del self.conns[reply_key(cp)]
+            if not cp.template and self._by_reply.get(reply_key(cp)) is cp:
+                del self._by_reply[reply_key(cp)]
         if cp.control is not None:
             cp.control.n_control -= 1
             cp.control = None
@@ -412,56 +550,83 @@ class IpvsMode:
             self._expire(now)
         flow = packet[:5]
         cp = self.conns.get(flow)
-        if cp is not None:
-            return self._existing(cp, packet, now, flow)
-        return self._new_fast(packet, now, flow)
+        if cp is None:
+            if self.track_replies and (cp := self._by_reply.get(flow)) is not None:
+                return self._existing(cp, packet, now, flow, None)  # the server's reply
+            return self._new_fast(packet, now, flow)
+        # The commonest packet, `_existing` inlined: the client's, no SYN, on a
+        # connection whose server is still there.
+        flags = packet[7]
+        d = cp.dest
+        if flags & SYN or not d.available:
+            return self._existing(cp, packet, now, flow, None)
+        if cp.proto == TCP:
+            state = cp.state
+            new = _IN_NEXT[flags & 0xFF][state]
+            if new != state:
+                self._tcp_moved(cp, INPUT, flags, new)
+            cp.timeout = timeout = self.timeouts[new]
+        else:
+            cp.timeout = timeout = self.udp_timeout
+        cp.expires = expires = now + timeout  # _arm()
+        if expires < cp.queued:
+            self._queue(cp)
+        elif expires < self._next_expiry:
+            self._next_expiry = expires
+        d.inpkts += 1
+        d.inbytes += packet[8]
+        dec = cp.decision
+        if dec is None:
+            dec = self._client_decision(cp, packet, now, None)
+        return dec
 
     def _new_fast(self, packet: Packet, now: float, flow: tuple[int, ...]) -> Decision:
-        """`_new` without a trace, for the common case (a SYN or datagram to
-        a virtual service whose scheduler finds a server), with its helpers
-        inlined; the hot path of every new flow. The rare cases (no service,
-        not a SYN, no server) go through `_new`, which states each step."""
+        """`_new` without a trace for the common case, with its helpers
+        inlined: a packet that can open a connection, to a virtual service,
+        whose walk key was seen before (so the rules' part is known). Every
+        other case goes through `_new`, which walks and fills the caches."""
         proto = flow[0]
         svc = self.services.get((proto, flow[3], flow[4]))
-        if svc is None or (proto == TCP and packet.flags & _SCHED_FLAGS != SYN):
+        key_fn = self._key
+        if svc is None or key_fn is None or (proto == TCP and not _CACHED_FLAGS[packet.flags & 0xFF]):
             return self._new(packet, now, flow, None)
+        key = key_fn(packet)
+        pre = svc.pre.get(key)
+        if pre is None:
+            pre = self._pre_entry(svc, key)
+            if pre is None:  # no service of its class seen with this key: walk
+                return self._new(packet, now, flow, None)
+        if not pre[0]:
+            return self._made(pre[1], None, svc.spn, 0, False)  # the rules dropped or rejected it before IPVS
         if svc.flags & F_PERSISTENT:
             dest, ct = self._persist(svc, flow[1], flow[2], flow[3], now, None)
-            lookups = 3
         else:
             dest = svc.sched.schedule(svc.dests, flow[1], flow[2], flow[3])
             ct = None
-            lookups = 2
         if dest is None:
-            return Decision(Verdict.REJECT, lookups=lookups, service=svc.spn)
-        cp = Conn(flow, dest, svc)
+            return self._no_server(svc, pre[1])  # ip_vs_leave: ICMP port unreachable
+        plan = dest.decisions.get(key)
+        if plan is None:
+            plan = self._plan_for(svc, dest, packet, now, key, None)
+        # The SYN moves NONE -> SYN_RECV (tcp_states INPUT syn): still inactive.
+        if proto == TCP:
+            state, timeout = SR, self.timeouts[SR]
+        else:
+            state, timeout = NO, self.udp_timeout
+        expires = now + timeout
+        tick = float(int(expires))  # the timer waits in the bucket of its second (_queue)
+        cp = Conn(flow, dest, svc, packet, plan, state, timeout, expires, tick)
+        cp.decision = plan.est
         dest.inactive += 1  # dest.bound(False, False)
         if dest.u_threshold and dest.total() >= dest.u_threshold:
             dest.overloaded = True
         if ct is not None:
             cp.control = ct
             ct.n_control += 1
-        masq = self._masquerade(svc, packet, dest)
-        pair = dest.decisions.get(masq + lookups * 2)
-        if pair is None:
-            pair = dest.decisions[masq + lookups * 2] = (
-                self._decision(dest, svc, masq, False, lookups),
-                self._decision(dest, svc, masq, True, lookups),
-            )
-        cp.decision = pair[1]  # type: ignore[index]
         conns = self.conns
         conns[flow] = cp
         if self.track_replies:
-            conns[reply_key(cp)] = cp
-        # The SYN moves NONE -> SYN_RECV (tcp_states INPUT syn): still inactive.
-        if proto == TCP:
-            cp.state = SR
-            cp.timeout = timeout = self.timeouts[SR]
-        else:
-            cp.timeout = timeout = self.udp_timeout
-        cp.expires = expires = now + timeout
-        # _queue(), inlined: a new entry waits in the bucket of its second.
-        cp.queued = tick = float(int(expires))
+            self._by_reply[reply_key(cp)] = cp
         bucket = self._wheel.get(tick)
         if bucket is None:
             self._wheel[tick] = [cp]
@@ -470,76 +635,180 @@ class IpvsMode:
             bucket.append(cp)
         if expires < self._next_expiry:
             self._next_expiry = expires
-        st = dest.stats
-        st[0] += 1
-        st[1] += 1
-        st[3] += packet.length
-        return pair[0]  # type: ignore[index]
+        dest.conns += 1
+        dest.inpkts += 1
+        dest.inbytes += packet[8]
+        return plan.new
 
-    def _existing(self, cp: Conn, packet: Packet, now: float, flow: tuple[int, ...]) -> Decision:
-        direction = INPUT if cp.key == flow else OUTPUT
+    def _existing(
+        self, cp: Conn, packet: Packet, now: float, flow: tuple[int, ...], steps: list[Step] | None
+    ) -> Decision:
+        """ip_vs_in_hook / ip_vs_out_hook for a packet of a known connection."""
         d = cp.dest
         flags = packet.flags
-        if direction == INPUT:
+        if cp.key == flow:
+            if flags & SYN and cp.proto == TCP:  # is_new_conn()
+                again = self._reuse(cp, packet, now, flow, steps)
+                if again is not None:
+                    return again
             if not d.available:
-                # expire_nodest_conn: the server was removed.
-                self._unlink(cp)
-                return Decision(Verdict.DROP, lookups=1)
-            if cp.proto == TCP and flags & SYN and not flags & ACK and (cp.state == TW or d.weight == 0):
-                # conn_reuse_mode: a new connection on an old tuple is scheduled afresh.
-                if not cp.n_control:
-                    self._unlink(cp)
-                return self._new(packet, now, flow, None)
+                return self._no_dest(cp, packet, now, flow, steps)
+            if cp.proto == TCP:
+                self._tcp_state(cp, INPUT, flags)
+            else:
+                cp.timeout = self.udp_timeout
+            self._arm(cp, now)
+            d.inpkts += 1
+            d.inbytes += packet[8]
+            dec = cp.decision
+            if dec is None or steps is not None:
+                dec = self._client_decision(cp, packet, now, steps)
+            return dec
         if cp.proto == TCP:
-            self._tcp_state(cp, direction, flags)
+            self._tcp_state(cp, OUTPUT, flags)
         else:
             cp.timeout = self.udp_timeout
         self._arm(cp, now)
-        st = d.stats
-        if direction == INPUT:
-            st[1] += 1
-            st[3] += packet.length
-        else:
-            st[2] += 1
-            st[4] += packet.length
-        dec = cp.decision
-        assert dec is not None
+        d.outpkts += 1
+        d.outbytes += packet[8]
+        if not cp.replied:
+            cp.replied = True  # conntrack saw the reply: the client's packets are ESTABLISHED now
+            cp.decision = None
+        dec = cp.reply
+        if dec is None or steps is not None:
+            dec = self._server_decision(cp, now, steps)
         return dec
 
+    def _reuse(
+        self, cp: Conn, packet: Packet, now: float, flow: tuple[int, ...], steps: list[Step] | None
+    ) -> Decision | None:
+        """ip_vs_in_hook for a SYN that finds a connection (kube-proxy runs
+        with expire_nodest_conn=1, conn_reuse_mode=1, conntrack=1): a server
+        quiesced to weight 0, or a connection in TIME_WAIT/CLOSE that no
+        template controls (is_new_conn_expected), is rescheduled. But when the
+        node's conntrack entry for the tuple is the old, confirmed one
+        (ip_vs_conn_uses_old_conntrack), the SYN is dropped while the
+        connection (and that entry) expire: the client's retransmitted SYN,
+        a second later, is scheduled afresh. None: the SYN follows `cp`."""
+        if cp.dest.weight == 0:
+            old = self._old_conntrack(cp)
+        elif cp.control is None and cp.state in (TW, CL):
+            old = self._old_conntrack(cp)
+            if cp.n_control and old:
+                return None  # a controlling connection on an old conntrack entry is kept
+        else:
+            return None
+        if not cp.n_control:
+            self._unlink(cp)  # ip_vs_conn_expire_now
+        if old:
+            if steps is not None:
+                why = "its server is quiesced (weight 0)" if cp.dest.weight == 0 else "it is closing"
+                steps.append(
+                    Step(
+                        "conntrack",
+                        f"SYN on the IPVS connection to {cp.dest.text} ({self._state_name(cp)}): {why}, so it "
+                        "is expired, but the node's conntrack entry for this tuple is the old, confirmed one: "
+                        "the SYN is dropped (the client's retransmission is scheduled afresh)",
+                    )
+                )
+            return self._dropped(cp, packet, now, steps)
+        if steps is not None:
+            steps.append(Step("conntrack", f"SYN on a finished IPVS connection to {cp.dest.text}: scheduled afresh"))
+        return self._new(packet, now, flow, steps)
+
+    def _no_dest(
+        self, cp: Conn, packet: Packet, now: float, flow: tuple[int, ...], steps: list[Step] | None
+    ) -> Decision:
+        """ip_vs_in_hook, "the destination server is not available" with
+        expire_nodest_conn=1: the connection expires; the packet is dropped
+        while its conntrack entry is the old one (any packet but a SYN that
+        conntrack reopens), else it is scheduled afresh."""
+        old = not (packet.flags & SYN) or self._old_conntrack(cp)
+        self._unlink(cp)
+        if old:
+            if steps is not None:
+                steps.append(Step("conntrack", f"the connection's server {cp.dest.text} was removed: expired, dropped"))
+            return self._dropped(cp, packet, now, steps)
+        return self._new(packet, now, flow, steps)
+
+    def _old_conntrack(self, cp: Conn) -> bool:
+        """ip_vs_conn_uses_old_conntrack(): is the node's conntrack entry for
+        the SYN's tuple still the confirmed one? nf_conntrack deletes and
+        opens afresh (unconfirmed) an entry in TIME_WAIT, or in CLOSE after a
+        FIN or a reset from the client (nf_conntrack_proto_tcp.c tcp_packet,
+        "attempt to reopen a closed/aborted connection"); in any other state
+        the SYN is ignored and the old entry stays. The IPVS connection's
+        own state stands for conntrack's: both follow the same segments."""
+        return not (cp.state == TW or (cp.state == CL and cp.reopen))
+
+    def _dropped(self, cp: Conn, packet: Packet, now: float, steps: list[Step] | None) -> Decision:
+        """DROP by IPVS: the rules before its hook were walked (the nat table
+        not: conntrack knows the tuple)."""
+        hooks = self.hooks
+        masq = cp.plan.masquerade if cp.plan is not None else False
+        w = _NOT_WALKED
+        if hooks is not None:
+            w = hooks.later(packet, (cp.dest.addr, cp.dest.port), cp.replied, masq, now, steps, until_ipvs=True)
+        dec = self._made(w, None, cp.svc.spn, 1, True)
+        return Decision(Verdict.DROP, None, False, dec.rules, dec.lookups, cp.svc.spn, True)
+
     def _tcp_state(self, cp: Conn, direction: int, flags: int) -> None:
-        """set_tcp_state(): next state from the table; leaving or entering
-        ESTABLISHED moves the connection between the active and inactive
-        counts; the timeout is the new state's."""
-        idx = tcp_state_idx(flags)
-        new = CL if idx < 0 else TCP_STATES[direction + idx][cp.state]
+        """set_tcp_state(): next state from the table; the timeout is the new state's."""
+        new = NEXT_STATE[direction][flags & 0xFF][cp.state]
         if new != cp.state:
-            d = cp.dest
-            if cp.active and new != ES:
-                d.active -= 1
-                d.inactive += 1
-                cp.active = False
-            elif not cp.active and new == ES:
-                d.active += 1
-                d.inactive -= 1
-                cp.active = True
-        cp.state = new
+            self._tcp_moved(cp, direction, flags, new)
         cp.timeout = self.timeouts[new]
 
+    def _tcp_moved(self, cp: Conn, direction: int, flags: int, new: int) -> None:
+        """A change of state: leaving or entering ESTABLISHED moves the
+        connection between its server's active and inactive counts."""
+        d = cp.dest
+        if cp.active and new != ES:
+            d.active -= 1
+            d.inactive += 1
+            cp.active = False
+        elif not cp.active and new == ES:
+            d.active += 1
+            d.inactive -= 1
+            cp.active = True
+        if new == CL:
+            # conntrack reopens a CLOSE entry for a new SYN after a FIN, or a reset from the client.
+            idx = tcp_state_idx(flags)
+            cp.reopen = idx == 1 or cp.state in (FW, CW, LA, TW) or (idx == 3 and direction == INPUT)
+        cp.state = new
+
     def _new(self, packet: Packet, now: float, flow: tuple[int, ...], trace: list[Step] | None) -> Decision:
-        proto, src, sport, dst, dport = flow
-        svc = self.services.get((proto, dst, dport))
+        """A packet without an IPVS connection, every step stated: the rules
+        before IPVS, the virtual service, the scheduler, the rules after."""
+        proto = flow[0]
+        hooks = self.hooks
+        key = self._key(packet) if self._key is not None and _opens(packet) else None
+        svc = self.services.get((proto, flow[3], flow[4]))
+        if hooks is not None:
+            verdict, st = hooks.first(packet, now, trace)
+            if verdict != V_ACCEPT or not hooks.reaches_ipvs(st):
+                if verdict == V_ACCEPT:  # forwarded: IPVS never sees it
+                    verdict = hooks.passed(st)
+                w = Walked(verdict, st.rules, st.lookups, st.snat is not None)
+                dec = self._made(w, st.dnat, svc.spn if svc is not None else None, 0, False)
+                if svc is not None and key is not None and st.dnat is None:
+                    self._pre_walks[(self._cls(svc.cls, key), key)] = (False, w)
+                return dec
+            dst, dport = st.dst, st.dport
+            svc = self.services.get((proto, dst, dport))
+        else:
+            st = None
+            dst, dport = flow[3], flow[4]
+        lookups = 2  # the connection table, then the virtual services
         if svc is None:
             if trace is not None:
                 trace.append(Step("lookup", f"no virtual service {proto_name(proto).upper()} {int_to_ip(dst)}:{dport}"))
-            return Decision(Verdict.ACCEPT, lookups=2)
-        if proto == TCP and (not packet.flags & SYN or packet.flags & (ACK | RST | FIN)):
-            # tcp_conn_schedule(): only a SYN opens a connection.
-            if trace is not None:
-                trace.append(Step("note", "not a SYN and no connection: IPVS does not schedule it"))
-            return Decision(Verdict.ACCEPT, lookups=2, service=svc.spn)
+            return self._passed(st, lookups, None)
+        if proto == TCP and packet.flags & _SYN_RST != SYN:
+            return self._not_scheduled(st, svc, packet, trace)
         if trace is not None:
             trace.append(Step("lookup", f"virtual service {svc.text()} {svc.sched_name}", {"service": str(svc.spn)}))
-        lookups = 2
+        src, sport = flow[1], flow[2]
         if svc.flags & F_PERSISTENT:
             lookups += 1
             dest, ct = self._persist(svc, src, sport, dst, now, trace)
@@ -548,20 +817,27 @@ class IpvsMode:
             if trace is not None:
                 trace.append(self._explain_step(svc, src, sport, dst))
             dest = svc.sched.schedule(svc.dests, src, sport, dst)
+        before = _NOT_WALKED if st is None else Walked(V_ACCEPT, st.rules, st.lookups, False)
+        if key is not None:
+            self._pre_walks[(self._cls(svc.cls, key), key)] = (True, before)
         if dest is None:
             if trace is not None:
                 trace.append(Step("schedule", "no destination available: ICMP port unreachable"))
-            return Decision(Verdict.REJECT, lookups=lookups, service=svc.spn)
-        cp = Conn(flow, dest, svc)
+            return self._no_server(svc, before)
+        if key is not None and trace is None:
+            plan = dest.decisions.get(key)
+            if plan is None:
+                plan = self._plan_for(svc, dest, packet, now, key, st)
+        else:
+            plan = self._plan_from(self._walk_plan(svc, dest, packet, now, st), svc, dest)
+        cp = Conn(flow, dest, svc, packet, plan)
         dest.bound(False, False)
         if ct is not None:
             cp.control = ct
             ct.n_control += 1
-        masq = self._masquerade(svc, packet, dest)
-        cp.decision = self._decision(dest, svc, masq, True, lookups)
         self.conns[flow] = cp
         if self.track_replies:
-            self.conns[reply_key(cp)] = cp
+            self._by_reply[reply_key(cp)] = cp
         # The SYN moves NONE -> SYN_RECV (tcp_states INPUT syn): still inactive.
         if proto == TCP:
             cp.state = SR
@@ -569,23 +845,164 @@ class IpvsMode:
         else:
             cp.timeout = self.udp_timeout
         self._arm(cp, now)
-        st = dest.stats
-        st[0] += 1
-        st[1] += 1
-        st[3] += packet.length
-        return self._decision(dest, svc, masq, False, lookups)
+        dest.conns += 1
+        dest.inpkts += 1
+        dest.inbytes += packet[8]
+        return plan.new
 
-    def _decision(self, dest: Dest, svc: Service, masq: bool, established: bool, lookups: int) -> Decision:
-        """The Decision for this server, built once: a server belongs to one
-        service, so only masquerading and new/established vary."""
-        cache = dest.decisions
-        key = (masq, established, lookups)
-        dec = cache.get(key)
-        if dec is None:
-            dec = cache[key] = Decision(
-                Verdict.DNAT, (dest.addr, dest.port), masq, 0, 1 if established else lookups, svc.spn, established
-            )
-        return dec  # type: ignore[return-value]
+    def _pre_entry(self, svc: Service, key: Any) -> tuple[bool, Walked] | None:
+        """A service's walk up to IPVS for this key, from its class's, if known
+        (kept in the class's dict unless the client is one a set holds: then
+        the service's exact class decides)."""
+        hooks = self.hooks
+        special = hooks is not None and hooks.special(key)
+        entry = self._pre_walks.get((svc.cls[1] if special else svc.cls[0], key))
+        if entry is not None and not special:
+            svc.pre[key] = entry
+        return entry
+
+    def _cls(self, cls: tuple[Any, Any], key: Any) -> Any:
+        """The part of a (coarse, full) class that matters for a client with this key."""
+        hooks = self.hooks
+        return cls[1] if hooks is not None and hooks.special(key) else cls[0]
+
+    def _no_server(self, svc: Service, before: Walked) -> Decision:
+        """ip_vs_leave(): ICMP port unreachable, after the rules up to IPVS."""
+        lookups = 3 if svc.flags & F_PERSISTENT else 2
+        return self._made(before._replace(verdict=V_REJECT), None, svc.spn, lookups, False)
+
+    def _plan_for(self, svc: Service, dest: Dest, packet: Packet, now: float, key: Any, st: Any) -> Plan:
+        """The plan of a connection to `dest` with this key: its decisions built
+        from the walks its service's and real server's classes share (walked
+        on the first connection of the kind)."""
+        hooks = self.hooks
+        if hooks is None or hooks.server_coarse is None:
+            shared: tuple[Any, Any, Any] = (0, 0, key)
+        elif hooks.special(key):  # the exact classes: rare, not kept
+            shared = (svc.cls[1], hooks.server_class(svc.proto, dest.addr, dest.port)[1], key)  # type: ignore[misc]
+        else:
+            cls = dest.cls
+            if cls is None:
+                cls = dest.cls = hooks.server_coarse(svc.proto, dest.addr, dest.port)
+            shared = (svc.cls[0], cls, key)
+        walks = self._plan_walks.get(shared)
+        if walks is None:
+            walks = self._plan_walks[shared] = self._walk_plan(svc, dest, packet, now, st)
+        ep = (dest.addr, dest.port)
+        lookups = 3 if svc.flags & F_PERSISTENT else 2
+        plan = dest.decisions[key] = Plan(made(walks[0], ep, svc.spn, lookups, False), walks, ep, svc.spn)
+        return plan
+
+    def _walk_plan(
+        self, svc: Service, dest: Dest, packet: Packet, now: float, st: Any
+    ) -> tuple[Walked, Walked, Walked]:
+        """Walk the rules for a connection to `dest` opened by `packet`: its
+        first packet's way out of IPVS (continuing `st`, the walk up to IPVS,
+        when given), and the client's later packets, before and after the
+        server's answer."""
+        hooks = self.hooks
+        if hooks is None:
+            return _NOT_WALKED, _NOT_WALKED, _NOT_WALKED
+        ep = (dest.addr, dest.port)
+        if st is None:
+            _, st = hooks.first(packet, now, None)
+        verdict = hooks.after(st, ep)
+        masq = st.snat is not None
+        first = Walked(verdict, st.rules, st.lookups, masq)
+        return first, hooks.later(packet, ep, False, masq, now), hooks.later(packet, ep, True, masq, now)
+
+    def _plan_from(self, walks: tuple[Walked, Walked, Walked], svc: Service, dest: Dest) -> Plan:
+        ep = (dest.addr, dest.port)
+        lookups = 3 if svc.flags & F_PERSISTENT else 2
+        return Plan(made(walks[0], ep, svc.spn, lookups, False), walks, ep, svc.spn)
+
+    def _made(
+        self, w: Walked, endpoint: tuple[int, int] | None, spn: Any, ipvs_lookups: int, established: bool
+    ) -> Decision:
+        return made(w, endpoint, spn, ipvs_lookups, established)
+
+    def _passed(self, st: Any, lookups: int, spn: Any) -> Decision:
+        """IPVS let the packet go on (not a virtual service's)."""
+        if st is None or self.hooks is None:
+            return Decision(Verdict.ACCEPT, lookups=lookups, service=spn)
+        verdict = self.hooks.passed(st)
+        return self._made(Walked(verdict, st.rules, st.lookups, st.snat is not None), None, spn, lookups, False)
+
+    def _not_scheduled(self, st: Any, svc: Service, packet: Packet, trace: list[Step] | None) -> Decision:
+        """A TCP segment without SYN (or with RST) and no connection:
+        tcp_conn_schedule() does not schedule it and ip_vs_try_to_schedule()
+        lets it go on (NF_ACCEPT) to the node's own stack. The VIP is a local
+        address there (kube-ipvs0) but nothing listens on it, so tcp_v4_rcv
+        finds no socket and answers with a RST (tcp_v4_send_reset); a RST
+        itself is dropped without answer. The protocol has no RST verdict;
+        REJECT (the client is refused at once, no endpoint) is the closest:
+        ACCEPT would claim a delivery and DROP a silence, while the kernel
+        answers. So: REJECT, or DROP for a RST."""
+        dec = self._passed(st, 2, svc.spn)
+        if trace is not None:
+            trace.append(Step("note", "not a SYN and no IPVS connection: IPVS does not schedule it; the node's "
+                              "TCP stack has no socket for the VIP and answers " +
+                              ("nothing (a RST is not answered)" if packet.flags & RST else "with a RST")))  # fmt: skip
+        if dec.verdict is not Verdict.ACCEPT:
+            return dec  # the rules after IPVS dropped it first
+        verdict = Verdict.DROP if packet.flags & RST else Verdict.REJECT
+        return Decision(verdict, None, False, dec.rules, dec.lookups, svc.spn)
+
+    def _client_decision(self, cp: Conn, packet: Packet, now: float, steps: list[Step] | None) -> Decision:
+        """A later packet from the client: the rules' filter chains around
+        IPVS (cached per real server and walk key, unless tracing or
+        walking every packet)."""
+        dest = cp.dest
+        ep = (dest.addr, dest.port)
+        plan = cp.plan
+        masq = plan.masquerade if plan is not None else False
+        hooks = self.hooks
+        first = cp.first if cp.first is not None else packet
+        if plan is not None and not plan.stale and steps is None and self._key is not None:
+            dec = cp.decision = plan.later(cp.replied)
+            return dec
+        if hooks is None:
+            dec = Decision(Verdict.DNAT, ep, masq, 0, 1, cp.svc.spn, True)
+        elif steps is None and self._key is not None and _opens(first):
+            key = self._key(first)
+            fresh = dest.decisions.get(key)
+            if fresh is None:
+                fresh = self._plan_for(cp.svc, dest, first, now, key, None)
+            if fresh.masquerade == masq:
+                dec = fresh.later(cp.replied)
+            else:  # the rules changed their mind about SNAT; the connection keeps its NAT
+                dec = self._made(hooks.later(first, ep, cp.replied, masq, now), ep, cp.svc.spn, 1, True)
+            cp.decision = dec
+            return dec
+        else:
+            w = hooks.later(first._replace(flags=packet.flags), ep, cp.replied, masq, now, steps)
+            dec = self._made(w, ep, cp.svc.spn, 1, True)
+        if self._key is not None and steps is None:
+            cp.decision = dec
+        return dec
+
+    def _server_decision(self, cp: Conn, now: float, steps: list[Step] | None) -> Decision:
+        """A reply from the real server (cached per real server and reply key)."""
+        dest = cp.dest
+        ep = (dest.addr, dest.port)
+        masq = cp.plan.masquerade if cp.plan is not None else False
+        hooks = self.hooks
+        if hooks is None:
+            return Decision(Verdict.DNAT, ep, masq, 0, 1, cp.svc.spn, True)
+        proto, client, cport = cp.flow[0], cp.flow[1], cp.flow[2]
+        local = bool(cp.first.local) if cp.first is not None else False
+        key = None
+        if self._reply_key is not None and steps is None:
+            key = self._reply_key(client, cport, local, masq)
+            dec = dest.replies.get(key)
+            if dec is not None:
+                cp.reply = dec
+                return dec
+        w = hooks.reply(proto, ep, (client, cport), local, masq, now, steps)
+        dec = self._made(w, ep, cp.svc.spn, 1, True)
+        if key is not None:
+            dest.replies[key] = cp.reply = dec
+        return dec
 
     def _persist(
         self, svc: Service, src: int, sport: int, dst: int, now: float, trace: list[Step] | None
@@ -611,11 +1028,11 @@ class IpvsMode:
         dest = svc.sched.schedule(svc.dests, src, sport, dst)
         if dest is None:
             return None, None
-        ct = Conn(tkey, dest, svc, template=True)
+        timeout = svc.timeout
+        ct = Conn(tkey, dest, svc, None, None, NO, timeout, now + timeout, INF, True)
         dest.bound(False, True)
-        ct.timeout = svc.timeout
         self.templates[tkey] = ct
-        self._arm(ct, now)
+        self._queue(ct)
         if trace is not None:
             trace.append(Step("conntrack", f"new persistence template -> {dest.text} for {svc.timeout} s"))
         return dest, ct
@@ -632,29 +1049,35 @@ class IpvsMode:
         ct.key = None
         return False
 
-    def _masquerade(self, svc: Service, packet: Packet, dest: Dest) -> bool:
-        """Whether the iptables rules kube-proxy installs mark this new
-        connection for SNAT (KUBE-MARK-MASQ) or the hairpin set matches.
+    def modeled_latency_us(self, decision: Decision) -> float:
+        """What the kernel spends on this decision beyond a connection's
+        round trip: the rules it walked, through the calibrated netfilter
+        model (proxy_modes/netfilter/cost.py), as the iptables mode reports
+        it. IPVS's own lookups (connection table, virtual service, template)
+        are O(1) hash lookups like conntrack's, which the model's base holds;
+        this kernel has no IPVS to measure them more finely."""
+        return KERNEL_COST.walk_us(decision.rules)
 
-        Stand-in until the iptables engine (issue 3) walks rules.iptables
-        with these ipsets; it states the same rules in code."""
-        src = packet.src
-        if (src >> 24) == 127:
-            return False
-        if dest.addr == src:
-            return True  # KUBE-LOOP-BACK: a pod reaching itself through the service
-        if self.masquerade_all:
-            return True
-        kind = svc.kind
-        if kind == CLUSTER:
-            if self.cluster_cidrs:
-                return src not in self.cluster_cidrs[0]
-            return False
-        if kind == EXTERNAL:
-            return not svc.local
-        if kind in (LOADBALANCER, NODEPORT):
-            return not svc.local
-        return False
+    def prepare(self, packet: Packet, now: float) -> None:
+        """Build ahead what a new connection from this packet's client to its
+        service builds lazily: the walk up to IPVS and every real server's
+        plan (the benchmarks' warm-up). Nothing is scheduled, no connection
+        made; the walks change no state (the cache holds only pure rules)."""
+        key_fn, hooks = self._key, self.hooks
+        svc = self.services.get((packet.proto, packet.dst, packet.dport))
+        if svc is None or key_fn is None or not _opens(packet):
+            return
+        key = key_fn(packet)
+        if svc.pre.get(key) is None and self._pre_entry(svc, key) is None:
+            if hooks is None:
+                return
+            verdict, st = hooks.first(packet, now, None)
+            if verdict != V_ACCEPT or not hooks.reaches_ipvs(st) or (st.dst, st.dport) != (svc.addr, svc.port):
+                return  # the rules decide before IPVS: the first connection walks it
+            self._pre_walks[(self._cls(svc.cls, key), key)] = (True, Walked(V_ACCEPT, st.rules, st.lookups, False))
+        for dest in svc.dests:
+            if key not in dest.decisions:
+                self._plan_for(svc, dest, packet, now, key, None)
 
     # --- tracing ------------------------------------------------------------
 
@@ -663,7 +1086,7 @@ class IpvsMode:
         if now >= self._next_expiry:
             self._expire(now)
         flow = packet[:5]
-        cp = self.conns.get(flow)
+        cp = self.conns.get(flow) or self._by_reply.get(flow)
         svc = self.services.get((packet.proto, packet.dst, packet.dport))
         reach: list[Reach] = []
         affinity = None
@@ -677,17 +1100,21 @@ class IpvsMode:
                     {"state": self._state_name(cp)},
                 )
             )
-            decision = self._existing(cp, packet, now, flow)
+            decision = self._existing(cp, packet, now, flow, steps)
         else:
             decision = self._new(packet, now, flow, steps)
         if svc is not None:
             reach = self._next_reach(svc, packet, now)
         verdict_text = {
-            Verdict.DNAT: f"DNAT to {decision.endpoint_text()} (IPVS masquerading forwarder)",
+            Verdict.DNAT: f"DNAT to {decision.endpoint_text()} (IPVS masquerading forwarder)"
+            + (", masqueraded to the node's address" if decision.masquerade else ""),
             Verdict.REJECT: "REJECT: ICMP port unreachable",
             Verdict.ACCEPT: "not an IPVS virtual service: accepted unchanged",
             Verdict.DROP: "DROP",
         }[decision.verdict]
+        answered_by_stack = cp is None and svc is not None and packet.proto == TCP and packet.flags & _SYN_RST != SYN
+        if decision.verdict is Verdict.REJECT and answered_by_stack:
+            verdict_text = "REJECT: the node's TCP stack answers with a RST (no socket on the VIP)"
         steps.append(Step("verdict", verdict_text))
         return Trace(self.name, packet, decision, reach, steps, affinity)
 
@@ -756,8 +1183,10 @@ class IpvsMode:
         specs = formats.parse_save(text, filename)
         self.services.clear()
         self.conns.clear()
+        self._by_reply.clear()
         self.templates.clear()
         self.state = None
+        self.hooks, self._key, self._reply_key = None, _no_key, None  # no rules come with the table
         self._captured = True
         self.local_ips = set(local_ips)
         for spec, dests in specs:

@@ -26,6 +26,7 @@ list (newest first) holds them in reverse.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from netem.addr import Cidr, int_to_ip
 from netem.packet import SCTP, TCP, UDP, proto_name
@@ -151,18 +152,109 @@ class VirtualServerSpec:
         return (self.proto, self.addr, self.port)
 
 
+# The netfilter engine's dimension kinds for each set type (xt.IpSet.kinds).
+SET_KINDS: dict[str, tuple[str, ...]] = {
+    "hash:ip": ("ip",),
+    "hash:ip,port": ("ip", "port"),
+    "hash:ip,port,ip": ("ip", "port", "ip"),
+    "hash:ip,port,net": ("ip", "port", "net"),
+    "bitmap:port": ("port",),
+}
+PROTO_NUMBER = {"tcp": TCP, "udp": UDP, "sctp": SCTP}
+
+
 @dataclass
 class IPSet:
+    """One ipset, and the `set` match's view of it (the netfilter engine's
+    set provider: `kinds` and `test`). Members are kept as parsed, with the
+    protocol as ipset writes it ("tcp"); `test` gets the engine's values,
+    a port as (protocol number, port)."""
+
     name: str
     set_type: str
     comment: str
     entries: set[str] = field(default_factory=set)
     # Parsed members for matching: (ip, proto, port[, ip2 | net]) tuples or ports.
     members: set[tuple[object, ...]] = field(default_factory=set)
+    _index: dict[tuple[object, ...], list[Cidr]] | set[Any] | None = field(default=None, repr=False, compare=False)
+    _derived: dict[object, Any] = field(default_factory=dict, repr=False, compare=False)  # values(), project()
 
     def add(self, text: str, member: tuple[object, ...]) -> None:
         self.entries.add(text)
         self.members.add(member)
+        self._index = None
+        if self._derived:
+            self._derived.clear()
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return SET_KINDS[self.set_type]
+
+    def test(self, values: tuple[object, ...]) -> bool:
+        """ip_set_test(): is the packet's tuple a member? bitmap:port keeps
+        ports only (the rule's `-p` chose the protocol); hash:ip,port,net
+        matches the most specific stored net containing the address."""
+        index = self._index
+        if index is None:
+            index = self._index = self._build_index()
+        kind = self.set_type
+        if kind == "hash:ip,port,net":
+            ip, port, addr = values
+            nets = index.get((ip, port)) if isinstance(index, dict) else None
+            return nets is not None and any(addr in net for net in nets)
+        if kind == "bitmap:port":
+            return values[0][1] in index  # type: ignore[index]
+        return values in index
+
+    def _build_index(self) -> dict[tuple[object, ...], list[Cidr]] | set[Any]:
+        if self.set_type == "bitmap:port":
+            return {m[0] for m in self.members}
+        if self.set_type == "hash:ip,port,net":
+            nets: dict[tuple[object, ...], list[Cidr]] = {}
+            for ip, proto, port, net in self.members:
+                nets.setdefault((ip, (PROTO_NUMBER[str(proto)], port)), []).append(net)  # type: ignore[arg-type]
+            return nets
+        if self.set_type == "hash:ip":
+            return set(self.members)
+        out: set[tuple[object, ...]] = set()
+        for m in self.members:
+            out.add((m[0], (PROTO_NUMBER[str(m[1])], m[2]), *m[3:]))
+        return out
+
+    def project(self, positions: tuple[int, ...]) -> set[tuple[Any, ...]] | None:
+        """The members' values at these dimensions, as the engine passes them
+        (a port as (protocol number, port)); None when one is a net (a
+        membership test, not an equality)."""
+        kinds = self.kinds
+        if self.set_type == "bitmap:port" or any(kinds[i] == "net" for i in positions):
+            return None
+        cached = self._derived.get(positions)
+        if cached is not None:
+            return cached
+        out: set[tuple[Any, ...]] = self._derived.setdefault(positions, set())
+        for m in self.members:
+            values = (m[0], (PROTO_NUMBER[str(m[1])], m[2]), *m[3:]) if len(m) > 1 else m
+            out.add(tuple(values[i] for i in positions))
+        return out
+
+    def values(self, kind: str) -> set[object]:
+        """Every value a dimension of this kind holds ("ip": addresses,
+        "net": Cidrs, "port": port numbers): what a membership can turn on."""
+        cached = self._derived.get(kind)
+        if cached is not None:
+            return cached
+        out: set[object] = self._derived.setdefault(kind, set())
+        for position, k in enumerate(self.kinds):
+            if k != kind:
+                continue
+            for m in self.members:
+                if self.set_type == "bitmap:port":
+                    out.add(m[0])
+                elif k == "port":
+                    out.add(m[position + 1])  # (ip, proto, port, ...): the port follows the protocol
+                else:
+                    out.add(m[position if position == 0 else position + 1])
+        return out
 
 
 @dataclass

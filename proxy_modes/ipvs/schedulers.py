@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from math import gcd
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from netem.addr import int_to_ip
 
@@ -43,21 +43,28 @@ ADD, DEL, UPD = "add", "del", "upd"
 class Dest:
     """struct ip_vs_dest: one real server of one virtual service."""
 
-    __slots__ = (
-        "_text",
-        "active",
-        "addr",
+    # The fields the data path reads first (one or two cache lines), then the rest.
+    __slots__ = (  # noqa: RUF023
         "available",
+        "inpkts",
+        "inbytes",
+        "overloaded",
+        "weight",
         "decisions",
         "inactive",
+        "conns",
+        "u_threshold",
+        "addr",
+        "port",
+        "active",
+        "outpkts",
+        "outbytes",
+        "cls",
+        "replies",
         "l_threshold",
         "last_weight",
-        "overloaded",
         "persist",
-        "port",
-        "stats",
-        "u_threshold",
-        "weight",
+        "_text",
     )
 
     def __init__(self, addr: int, port: int, weight: int = 1, u_threshold: int = 0, l_threshold: int = 0) -> None:
@@ -73,10 +80,13 @@ class Dest:
         self.available = True
         self.overloaded = False
         self._text = ""
-        # conns, inpkts, outpkts, inbytes, outbytes (ip_vs_stats)
-        self.stats = [0, 0, 0, 0, 0]
-        # Decisions the engine reuses for this destination (see engine.py).
-        self.decisions: dict[object, object] = {}
+        # ip_vs_stats: conns, inpkts, outpkts, inbytes, outbytes (attributes: the hot path's)
+        self.conns = self.inpkts = self.outpkts = self.inbytes = self.outbytes = 0
+        # Decisions the engine reuses for this destination (see engine.py):
+        # per walk key of a connection's first packet, and of a reply.
+        self.decisions: dict[Any, Any] = {}
+        self.replies: dict[Any, Any] = {}
+        self.cls: Any = None  # its class to the rules (engine.py), worked out on first use
 
     @property
     def text(self) -> str:
@@ -84,6 +94,11 @@ class Dest:
         if not self._text:
             self._text = f"{int_to_ip(self.addr)}:{self.port}"
         return self._text
+
+    @property
+    def stats(self) -> list[int]:
+        """conns, inpkts, outpkts, inbytes, outbytes (ip_vs_stats)."""
+        return [self.conns, self.inpkts, self.outpkts, self.inbytes, self.outbytes]
 
     @property
     def key(self) -> tuple[int, int]:
@@ -180,6 +195,13 @@ class RoundRobin(Scheduler):
     def schedule(self, dests: list[Dest], src: int, sport: int, dst: int) -> Dest | None:
         n = len(dests)
         pos = self.pos
+        # The common case first: the entry after the last choice is usable.
+        i = pos + 1
+        if i < n:
+            d = dests[i]
+            if not d.overloaded and d.weight > 0:
+                self.pos = i
+                return d
         for step in range(1, n + 1):
             i = pos + step
             if i >= n:

@@ -233,8 +233,11 @@ class Netfilter:
       state the same way, with every step and every reachable endpoint.
     - `explore(packet, now) -> list[Outcome]`: every way a new connection
       can go with its probability, changing nothing.
-    - `new_state(packet, now)` + `run_hook(hook, st) -> V_*`: one hook at a
-      time, for modes that put their own machinery between hooks (IPVS).
+    - `walk(packet, now, steps=None) -> Decision`: a new connection's first
+      packet through the hooks without touching conntrack.
+    - `new_state(packet, now)` + `run_hook(hook, st, tables=) -> V_*`: one
+      hook (or some of its tables) at a time, for modes that put their own
+      machinery between hooks (IPVS).
     - `ipsets`: name -> IpSet (membership objects the `set` match tests).
     - `labels`: chain name -> label (e.g. a ServicePortName); the first
       labelled chain a packet enters becomes `Decision.service`.
@@ -469,6 +472,27 @@ class Netfilter:
         decision = self._decide(st, verdict, packet)
         return EngineTrace(decision, steps, reach, st.affinity)
 
+    def walk(self, packet: Packet, now: float, steps: list[Step] | None = None) -> Decision:
+        """The first packet of a new connection through every hook, as
+        `route()` walks it, but leaving conntrack alone: for a mode that
+        keeps its connections itself (userspace) and only asks what the
+        rules do to a new one. `steps`, when given, receives the trace."""
+        st = self.new_state(packet, now)
+        st.steps = steps
+        verdict = self._first_packet(st)
+        if verdict != V_ACCEPT:
+            return Decision(_VERDICTS[verdict], None, False, st.rules, st.lookups + 1, st.service)  # type: ignore[arg-type]
+        if steps is not None:
+            self._note_outcome(st)
+        return Decision(
+            Verdict.DNAT if st.dnat is not None else Verdict.ACCEPT,
+            st.dnat,
+            st.snat is not None,
+            st.rules,
+            st.lookups + 1,
+            st.service,  # type: ignore[arg-type]
+        )
+
     def reach(self, packet: Packet, now: float) -> list[Reach]:
         """Every endpoint a new connection could be DNATed to, with its probability."""
         totals: dict[tuple[int, int], Fraction] = {}
@@ -556,12 +580,16 @@ class Netfilter:
             where = "to this node (INPUT)" if self.is_local(st.dst) else "forwarded"
             st.steps.append(Step("note", f"routing: {int_to_ip(st.dst)} is {where}"))
 
-    def run_hook(self, hook: Hook, st: PacketState, nat: bool = True) -> int:
+    def run_hook(self, hook: Hook, st: PacketState, nat: bool = True, tables: tuple[str, ...] | None = None) -> int:
         """Walk every table of one hook in priority order; returns V_ACCEPT,
         V_DROP or V_REJECT. The nat table runs only when `nat` and the
-        packet is a new, trackable connection."""
+        packet is a new, trackable connection. `tables` limits the walk to
+        those tables (for a mode whose own hook sits between two of them,
+        as IPVS sits between filter and nat at LOCAL_IN)."""
         if st.steps is None and st.explore is None and not self.literal:
             for name, registry, policy in self._plan[hook]:
+                if tables is not None and name not in tables:
+                    continue
                 if name == "nat":
                     if not nat or st.ctstate == CT_INVALID:
                         continue
@@ -577,6 +605,8 @@ class Netfilter:
             return V_ACCEPT
         for name in HOOK_TABLES[hook]:
             if name == "nat" and (not nat or st.ctstate == CT_INVALID):
+                continue
+            if tables is not None and name not in tables:
                 continue
             verdict = self._walk_table(name, hook, st)
             if verdict != V_ACCEPT:

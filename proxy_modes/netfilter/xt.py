@@ -861,6 +861,43 @@ class Nfacct(Match):
         return f" -m nfacct --nfacct-name {self.counter}"
 
 
+@dataclass(slots=True)
+class Physdev(Match):
+    """xt_physdev.c physdev_mt: the bridge ports a bridged packet came in or
+    goes out on. The emulated node has no br_netfilter, so no packet carries
+    bridge information, and for such a packet physdev_mt matches exactly
+    when every option given is inverted (`! --physdev-is-in`, as kube-proxy
+    writes it, matches; `--physdev-is-in` does not)."""
+
+    name: ClassVar[str] = "physdev"
+    arity: ClassVar[dict[str, int]] = {
+        "--physdev-in": 1,
+        "--physdev-out": 1,
+        "--physdev-is-in": 0,
+        "--physdev-is-out": 0,
+        "--physdev-is-bridged": 0,
+    }
+    # (option, inverted, interface name or "") in the order libxt_physdev's save prints them
+    options: tuple[tuple[str, bool, str], ...] = ()
+
+    @classmethod
+    def parse(cls, options: Options, proto: int) -> Physdev:
+        opts = _single(options, dict.fromkeys(cls.arity, True))
+        if not opts:
+            raise OptionError("physdev: give at least one --physdev-* option")
+        order = ("--physdev-is-in", "--physdev-in", "--physdev-is-out", "--physdev-out", "--physdev-is-bridged")
+        return cls(tuple((opt, opts[opt][0], (opts[opt][1] or [""])[0]) for opt in order if opt in opts))
+
+    def test(self, st: PacketState) -> bool:
+        return all(inv for _, inv, _ in self.options)
+
+    def save(self) -> str:
+        out = " -m physdev"
+        for opt, inv, iface in self.options:
+            out += (" !" if inv else "") + f" {opt}" + (f" {iface}" if iface else "")
+        return out
+
+
 MATCHES: dict[str, Any] = {
     "comment": Comment,
     "multiport": Multiport,
@@ -871,6 +908,7 @@ MATCHES: dict[str, Any] = {
     "addrtype": Addrtype,
     "set": SetMatch,
     "nfacct": Nfacct,
+    "physdev": Physdev,
 }
 PORT_MODULES = {"tcp": TCP, "udp": UDP, "sctp": SCTP}
 PROTOCOL_MODULE = {TCP: "tcp", UDP: "udp", SCTP: "sctp"}
@@ -878,7 +916,7 @@ PROTOCOL_MODULE = {TCP: "tcp", UDP: "udp", SCTP: "sctp"}
 
 # Matches without randomness, side effects or cost: a rule whose later match
 # cannot succeed may be skipped without evaluating these first.
-PURE_MATCHES = (Comment, Ports, Multiport, MarkMatch, Conntrack, Addrtype, Nfacct)
+PURE_MATCHES = (Comment, Ports, Multiport, MarkMatch, Conntrack, Addrtype, Nfacct, Physdev)
 
 
 _ARITY: dict[str, dict[str, int]] = {

@@ -22,8 +22,11 @@ mode (`UserspaceMode`) and the real proxy (`server.py`):
 
 `UserspaceMode` is the ProxyMode: `sync` allocates proxy ports and builds the
 portal rules, `route` finds the portal the kernel would use (an index whose
-verdict and rule count equal `rules.walk`, the literal walk), then plays the
-proxy: accept, choose, dial. Endpoints marked dead (`set_dead`) fail their
+verdict, target and rule count equal the shared netfilter engine's walk of the
+rendered rules, proxy_modes.netfilter: a differential test holds them
+together), then plays the proxy: accept, choose, dial. `trace` shows the
+engine's walk itself, up to the REDIRECT/DNAT to the proxy port, then the
+proxy's choice. Endpoints marked dead (`set_dead`) fail their
 dial, by timeout (the whole timeout is paid) or by refusal (an RST: nothing
 paid), and `last_latency` is the dial time the client waited. UDP keeps a
 per-client association that lives for `udpIdleTimeout` after the last packet
@@ -37,10 +40,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from netem.addr import int_to_ip
-from netem.conntrack import Conntrack, CtEntry, Timeouts
+from netem.conntrack import ORIGINAL, SEEN_REPLY, Conntrack, CtEntry, Timeouts, tcp_next_state
 from netem.errors import UsageError
 from netem.packet import TCP, UDP, Packet, proto_name
 from proxy_modes.base import Decision, Reach, Ruleset, Step, Trace, Verdict
+from proxy_modes.netfilter.engine import Netfilter
 from proxy_modes.view import NodeView, ServicePortInfo, ServicePortName
 
 from . import rules as r
@@ -61,6 +65,9 @@ DEFAULT_UDP_IDLE_TIMEOUT = 0.25
 EPHEMERAL_PORTS = (32768, 60999 - 32768 + 1)
 
 TIMEOUT, REFUSED = "timeout", "refused"
+# Whether a TCP segment with these flags opens a conntrack entry; one that
+# cannot is INVALID: the nat table (the portals) never sees it.
+OPENS = tuple(tcp_next_state(ORIGINAL, flags, 0) < 10 for flags in range(256))
 
 
 def endpoint_text(ep: Endpoint) -> str:
@@ -265,6 +272,8 @@ class UserspaceMode:
         self.rules: list[r.Rule] = []
         self.chains: dict[str, list[r.Rule]] = {}
         self.node_ips: frozenset[int] = frozenset()
+        self.node_ip = 0  # the node's primary address (where REDIRECT sends a packet from elsewhere)
+        self._nf: Netfilter | None = None  # the rendered rules in the netfilter engine (for trace)
         self.listen_ip = 0
         self.host_ip = 0
         self.udp_idle_timeout = DEFAULT_UDP_IDLE_TIMEOUT
@@ -279,6 +288,9 @@ class UserspaceMode:
         self._np_host: dict[tuple[int, int], tuple[Portal, r.Rule, int]] = {}
         self._miss_cost = (2, 2)  # rules evaluated when no portal matches: (remote, local dst)
         self._miss_cost_host = (2, 2)
+        # filter INPUT: the jump to KUBE-NODEPORT-NON-LOCAL, then its rules (by protocol and port)
+        self._non_local: dict[tuple[int, int], int] = {}
+        self._non_local_rules = 0
 
     # --- sync ----------------------------------------------------------------
 
@@ -292,6 +304,7 @@ class UserspaceMode:
         self.host_ip = cfg.bind_address or view.node_ip
         self.udp_idle_timeout = cfg.udp_idle_timeout
         self.node_ips = frozenset(view.node_ips)
+        self.node_ip = view.node_ip
         self.conntrack.timeouts = Timeouts().with_kube_proxy(
             cfg.conntrack_tcp_established, cfg.conntrack_tcp_close_wait, cfg.conntrack_udp, cfg.conntrack_udp_stream
         )
@@ -362,6 +375,18 @@ class UserspaceMode:
         self.rules = r.jump_rules() + r.portal_rules(specs, self.listen_ip, self.host_ip)
         self.chains = r.chains_of(self.rules)
         self._index()
+        self._nf = None
+
+    def netfilter(self, literal: bool = False) -> Netfilter:
+        """The rules as the kernel holds them, in the shared netfilter engine
+        (built on first use after a sync: only trace and the tests need it)."""
+        if literal or self._nf is None:
+            local = [self.node_ip, *sorted(self.node_ips - {self.node_ip})]
+            nf = Netfilter.from_save(self.dump(), local, filename="kube-proxy (userspace)", literal=literal)
+            if literal:
+                return nf
+            self._nf = nf
+        return self._nf
 
     def _index(self) -> None:
         """Per entry chain, the first portal rule for each (proto, dst, dport)
@@ -387,6 +412,21 @@ class UserspaceMode:
         n_np_h = len(self.chains.get(r.NODEPORT_HOST, []))
         self._miss_cost = (2 + len(container), 2 + len(container) + n_np_c)
         self._miss_cost_host = (2 + len(host), 2 + len(host) + n_np_h)
+        non_local = self.chains.get(f"filter {r.NODEPORT_NON_LOCAL}", [])
+        self._non_local = {}
+        for pos, rule in enumerate(non_local, start=1):
+            self._non_local.setdefault((rule.proto, rule.dport), pos)
+        self._non_local_rules = len(non_local)
+
+    def _input_cost(self, proto: int, dst: int, dport: int, new: bool) -> int:
+        """Rules filter INPUT evaluates for a packet delivered to the node
+        (after any NAT): the jump to KUBE-NODEPORT-NON-LOCAL, then its rules
+        up to the `--state NEW` ACCEPT for this proxy port, or all of them;
+        a packet routed elsewhere meets no rule (FORWARD is empty)."""
+        if not r.is_local(dst, self.node_ips):
+            return 0
+        pos = self._non_local.get((proto, dport)) if new else None
+        return 1 + (pos if pos is not None else self._non_local_rules)
 
     # --- faults --------------------------------------------------------------
 
@@ -403,7 +443,9 @@ class UserspaceMode:
     # --- the hot path --------------------------------------------------------
 
     def find_portal(self, packet: Packet) -> tuple[Portal | None, r.Rule | None, int]:
-        """The indexed walk: (portal, rule, rules evaluated); equal to rules.walk."""
+        """The indexed nat walk of a new connection: (portal, rule, nat rules
+        evaluated). `_route` adds filter INPUT's part; the total equals the
+        netfilter engine's walk (tests/proxy_modes/userspace)."""
         key = (packet.proto, packet.dst, packet.dport)
         if packet.local:
             hit = self._host.get(key)
@@ -443,16 +485,25 @@ class UserspaceMode:
         hit = self.conntrack.lookup(packet[:5], now)
         if hit is not None:
             return self._established(packet, now, hit, steps)
+        proto = packet.proto
+        if proto == TCP and not OPENS[packet.flags & 0xFF]:
+            # conntrack calls it INVALID and opens no entry: no nat table, no portal.
+            return Decision(Verdict.ACCEPT, rules=self._input_cost(proto, packet.dst, packet.dport, False), lookups=1)
         portal, rule, cost = self.find_portal(packet)
         if portal is None or rule is None:
+            # Not a service's: conntrack still tracks it (later packets skip the nat table).
+            self.conntrack.create(packet[:5], now, flags=packet.flags)
+            cost += self._input_cost(proto, packet.dst, packet.dport, True)
             return Decision(Verdict.ACCEPT, rules=cost, lookups=1)
+        to = self._redirect_to(packet, rule)
+        cost += self._input_cost(proto, to[0], to[1], True)
         if packet.proto == UDP:
             ep = self._udp_endpoint(portal, packet, now, steps)
         else:
             ep = self._dial(portal, packet.src, now, steps)
         # The kernel remembers the REDIRECT; kube-proxy's own connection to
         # the endpoint is a second, local flow, not tracked here.
-        self.conntrack.create(packet[:5], now, self._redirect_to(packet, rule), flags=packet.flags, data=(portal, ep))
+        self.conntrack.create(packet[:5], now, to, flags=packet.flags, data=(portal, ep))
         lookups = 3 if portal.balancer.affinity else 2  # conntrack, the proxy's balancer, its affinity map
         if ep is None:
             verdict = Verdict.DROP if packet.proto == UDP else Verdict.REJECT
@@ -466,10 +517,15 @@ class UserspaceMode:
 
     def _established(self, packet: Packet, now: float, hit: tuple[CtEntry, int], steps: list[Step] | None) -> Decision:
         entry, direction = hit
-        self.conntrack.update(entry, direction, packet.flags, now)
+        valid = self.conntrack.update(entry, direction, packet.flags, now)
+        if direction == ORIGINAL:  # filter INPUT at the proxy port: NEW until the proxy answered
+            new = valid and not entry.status & SEEN_REPLY
+            cost = self._input_cost(entry.orig[0], entry.reply[1], entry.reply[2], new)
+        else:  # kube-proxy's reply, back to the client (filter INPUT when the client is the node)
+            cost = self._input_cost(entry.orig[0], entry.orig[1], entry.orig[2], False)
         data = entry.data
         if data is None:
-            return Decision(Verdict.ACCEPT, lookups=1, established=True)
+            return Decision(Verdict.ACCEPT, rules=cost, lookups=1, established=True)
         portal: Portal = data[0]  # type: ignore[index]
         ep: Endpoint | None = data[1]  # type: ignore[index]
         if packet.proto == UDP and direction == 0:
@@ -481,8 +537,8 @@ class UserspaceMode:
                               f"kube-proxy's port {portal.proxy_port}, which relays to "
                               f"{endpoint_text(ep) if ep else 'nothing'}"))  # fmt: skip
         if ep is None:
-            return Decision(Verdict.DROP, None, False, 0, 1, portal.name, True)
-        return Decision(Verdict.DNAT, ep, True, 0, 1, portal.name, True)
+            return Decision(Verdict.DROP, None, False, cost, 1, portal.name, True)
+        return Decision(Verdict.DNAT, ep, True, cost, 1, portal.name, True)
 
     def _dial(self, portal: Portal, client: int, now: float, steps: list[Step] | None) -> Endpoint | None:
         """TryConnectEndpoints for a TCP connection; sets last_latency."""
@@ -535,44 +591,30 @@ class UserspaceMode:
     # --- trace ---------------------------------------------------------------
 
     def trace(self, packet: Packet, now: float) -> Trace:
+        """The kernel's part as the netfilter engine walks the rendered rules
+        (every chain and rule up to the REDIRECT/DNAT to the proxy port, and
+        filter INPUT after it), then kube-proxy's: accept, choose, dial."""
         steps: list[Step] = []
         existing = self.conntrack.lookup(packet[:5], now) is not None
         affinity = None
         if not existing:
-            walked = r.walk(self.chains, packet, self.node_ips)
-            steps += self._walk_steps(packet, walked)
-            portal, _, _ = self.find_portal(packet)
-            if portal is not None:
+            self.netfilter().walk(packet, now, steps)
+            portal, rule, _ = self.find_portal(packet)
+            opens = packet.proto != TCP or OPENS[packet.flags & 0xFF]
+            if portal is not None and rule is not None and opens:
+                to = self._redirect_to(packet, rule)
+                steps.append(Step("lookup", f"kube-proxy's socket for {portal.name} on {endpoint_text(to)} accepts "
+                                  "the connection", {"proxy_port": portal.proxy_port}))  # fmt: skip
                 affinity = self._affinity_text(portal, packet.src, now)
                 if affinity is not None:
                     affinity += self._ttl_note(portal)
+            else:
+                steps.append(Step("return", "no portal matches: the packet is not a service's (ACCEPT, unchanged)"))
         decision = self._route(packet, now, steps)
         reach = [Reach(decision.endpoint[0], decision.endpoint[1], 1)] if decision.endpoint else []
         if decision.service is not None and not existing and decision.endpoint is None:
             steps.append(Step("verdict", self._failure_text(packet)))
         return Trace(self.name, packet, decision, reach, steps, affinity)
-
-    def _walk_steps(self, packet: Packet, walked: r.Walk) -> list[Step]:
-        steps = []
-        for chain, pos, rule in walked.path:
-            hit = walked.rule is rule
-            jumped = rule.target.startswith("KUBE-") and r.matches(rule, packet, self.node_ips)
-            if rule.service:
-                what = f"{chain} rule {pos} ({rule.service}: {proto_name(rule.proto)} "
-                what += f"{int_to_ip(rule.dst) if rule.dst is not None else '*'}:{rule.dport})"
-            else:
-                what = f"nat {chain} rule {pos} (-j {rule.target})"
-            steps.append(Step("rule", what + (": matches" if hit or jumped else ": no match"),
-                              {"chain": chain, "position": pos, "matched": hit or jumped}))  # fmt: skip
-        if walked.rule is None:
-            steps.append(Step("return", "no portal matches: the packet is not a service's (ACCEPT, unchanged)"))
-            return steps
-        rule = walked.rule
-        to = (rule.to_ip or self.host_ip, rule.to_port)
-        how = "REDIRECT (to the incoming interface's address)" if rule.target == "REDIRECT" else "DNAT"
-        steps.append(Step("nat", f"{how} to {endpoint_text(to)}: kube-proxy's socket for {rule.service} "
-                          "receives the connection", {"target": rule.target, "proxy_port": rule.to_port}))  # fmt: skip
-        return steps
 
     def _affinity_text(self, portal: Portal, client: int, now: float) -> str | None:
         b = portal.balancer

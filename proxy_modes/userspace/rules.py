@@ -30,7 +30,8 @@ Rules are kept as small tuples (`Rule`), rendered here in the form
 `iptables-save` prints them (matches `-d`/`-p` first, then the `-m` modules in
 the order given), so `iptables-restore` of our text followed by `iptables-save`
 gives the same text back (tests/kernel checks that against the real tool). The
-literal walk (`walk`) is what the engine's index must agree with.
+rendered text is what the shared netfilter engine (proxy_modes.netfilter)
+walks for `kubenetem trace`, and what the mode's index must agree with.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from netem.addr import int_to_ip
-from netem.packet import Packet, proto_name
+from netem.packet import proto_name
 
 PORTALS_CONTAINER = "KUBE-PORTALS-CONTAINER"
 PORTALS_HOST = "KUBE-PORTALS-HOST"
@@ -143,50 +144,12 @@ def _node_port(spec: PortalSpec, listen_ip: int, host_ip: int) -> list[Rule]:
     ]
 
 
-# --- matching: the literal walk ----------------------------------------------
+# --- helpers -------------------------------------------------------------------
 
 
 def is_local(ip: int, node_ips: frozenset[int]) -> bool:
     """addrtype --dst-type LOCAL: an address of the node, or 127.0.0.0/8."""
     return ip in node_ips or ip >> 24 == LOOPBACK_NET
-
-
-def matches(rule: Rule, packet: Packet, node_ips: frozenset[int]) -> bool:
-    """Does the rule match the packet? `! --physdev-is-in` always matches here:
-    without br_netfilter a packet has no bridge information, and xt_physdev's
-    physdev_mt() then matches whenever only inverted options are used."""
-    if rule.proto and rule.proto != packet.proto:
-        return False
-    if rule.dport and rule.dport != packet.dport:
-        return False
-    if rule.dst is not None and rule.dst != packet.dst:
-        return False
-    return not (rule.dst_local and not is_local(packet.dst, node_ips))
-
-
-class Walk(NamedTuple):
-    """Where the nat walk of a new connection ended."""
-
-    rule: Rule | None  # the portal rule that matched; None: no portal (ACCEPT)
-    rules: int  # rules evaluated
-    path: list[tuple[str, int, Rule]]  # (chain, 1-based position, rule) of every rule evaluated
-
-
-def walk(chains: dict[str, list[Rule]], packet: Packet, node_ips: frozenset[int]) -> Walk:
-    """The nat table rule by rule: OUTPUT for packets the node sends, else
-    PREROUTING; a jump that matches enters the chain, a portal that matches
-    ends the walk (REDIRECT and DNAT are terminal), a chain that ends returns."""
-    path: list[tuple[str, int, Rule]] = []
-    base = "OUTPUT" if packet.local else "PREROUTING"
-    for pos, jump in enumerate(chains.get(base, []), start=1):
-        path.append((base, pos, jump))
-        if not matches(jump, packet, node_ips):
-            continue
-        for inner, rule in enumerate(chains.get(jump.target, []), start=1):
-            path.append((jump.target, inner, rule))
-            if matches(rule, packet, node_ips):
-                return Walk(rule, len(path), path)
-    return Walk(None, len(path), path)
 
 
 def chains_of(rules: Iterable[Rule]) -> dict[str, list[Rule]]:

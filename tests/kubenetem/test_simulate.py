@@ -116,8 +116,11 @@ def test_a_killed_pod_fails_connections_only_in_the_propagation_window(cluster: 
         assert all(r[1] - r[0] >= 250 * MS for r in retried)  # the first dial timed out (250 ms)
     elif mode == "ipvs":
         assert not failed
-        assert retried and all(r[6] >= 1 and r[4] != (REMOTE_POD, 80) for r in retried)
-        assert all(r[1] - r[0] >= NS for r in retried)  # rescheduled by a retransmitted SYN
+        # Rescheduled by a retransmitted SYN: the first one after the sync finds the
+        # quiesced server's connection with conntrack's old entry and is dropped as
+        # the connection expires (ip_vs_core.c old_ct); the next is scheduled afresh.
+        assert retried and all(r[6] >= 2 and r[4] != (REMOTE_POD, 80) for r in retried)
+        assert all(r[1] - r[0] >= 3 * NS for r in retried)
     else:
         assert failed and all(r[2] == TIMEOUT and r[1] - r[0] == 127 * NS for r in failed)
         assert all(r[4] == (REMOTE_POD, 80) for r in failed)
@@ -280,8 +283,9 @@ def test_cli_json(capsys: pytest.CaptureFixture[str], cluster: Cluster) -> None:
     assert data["mode"] == "ipvs"
     assert data["connections"]["total"] == 40
     assert data["connections"]["succeeded"] + data["connections"]["failed"] == 40
-    assert data["latency_ms"]["connect"]["p50"] in (20.0, 30.0)
-    assert data["kernel_cost"]["model"] == "none"
+    # 2 or 3 links each way, + the modeled kernel time of the rules IPVS's packets walk (well under 1 ms)
+    assert any(0 < data["latency_ms"]["connect"]["p50"] - ms < 1 for ms in (20.0, 30.0))
+    assert data["kernel_cost"]["model"] == "ipvs" and data["kernel_cost"]["total_ms"] > 0
     assert data["events"][0]["event"].startswith(f"kill pod/{victim}")
     assert sum(row["started"] for row in data["timeline"]) == 40
 

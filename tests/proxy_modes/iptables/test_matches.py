@@ -11,6 +11,7 @@ from fractions import Fraction
 import pytest
 
 from netem.addr import parse_ip
+from netem.errors import RulesetError
 from netem.packet import ACK, SYN, TCP, UDP, Packet
 from proxy_modes.base import Verdict
 from proxy_modes.netfilter import xt
@@ -250,3 +251,20 @@ def test_sctp_services_are_walked_like_tcp_ones() -> None:
     d = mode.route(Packet(132, parse_ip("10.0.0.1"), 5000, parse_ip("172.30.0.40"), 3868), 0.0)
     assert d.verdict == Verdict.DNAT and d.endpoint == (parse_ip("10.180.0.40"), 3868)
     assert mode.route(Packet(TCP, parse_ip("10.0.0.1"), 5000, parse_ip("172.30.0.40"), 3868), 0.0).endpoint is None
+
+
+def test_physdev_without_bridge_info_matches_only_inverted_options() -> None:
+    """xt_physdev.c physdev_mt: no packet here is bridged, so a rule matches
+    exactly when every physdev option it gives is inverted; iptables-save's
+    order (libxt_physdev) is kept."""
+    rules = (
+        "-A PREROUTING -m physdev --physdev-is-in -j DNAT --to-destination 10.180.0.9:80\n"
+        "-A PREROUTING -m physdev ! --physdev-is-in --physdev-in eth0 -j DNAT --to-destination 10.180.0.8:80\n"
+        "-A PREROUTING -m physdev ! --physdev-is-in ! --physdev-out veth1 -j DNAT --to-destination 10.180.0.1:80\n"
+    )
+    nf = engine(nat(rules))
+    d = nf.route(pkt("10.0.0.5", "172.30.0.1", flags=SYN), 0.0)
+    assert d.endpoint == (parse_ip("10.180.0.1"), 80) and d.rules == 3
+    assert "-m physdev ! --physdev-is-in ! --physdev-out veth1 -j DNAT" in nf.save()
+    with pytest.raises(RulesetError, match="physdev"):
+        engine(nat("-A PREROUTING -m physdev -j ACCEPT\n"))

@@ -98,9 +98,20 @@ def test_rst_moves_to_close_with_ten_seconds(mode: IpvsMode) -> None:
     assert syn(1000)[:5] not in mode.conns
 
 
-def test_non_syn_without_connection_is_not_scheduled(mode: IpvsMode) -> None:
+def test_non_syn_without_connection_is_answered_by_the_node_stack(mode: IpvsMode) -> None:
+    # tcp_conn_schedule: not scheduled; the VIP is local, no socket: the stack
+    # answers with a RST, which the protocol reports as REJECT (no endpoint)...
     d = mode.route(syn(1000, flags=ACK), 0.0)
-    assert d.verdict is Verdict.ACCEPT and d.endpoint is None
+    assert d.verdict is Verdict.REJECT and d.endpoint is None and not mode.conns
+    # ... and a RST that finds nothing is not answered at all.
+    assert mode.route(syn(1001, flags=RST), 0.0).verdict is Verdict.DROP
+    assert mode.route(syn(1002, flags=SYN | RST), 0.0).verdict is Verdict.DROP and not mode.conns
+
+
+def test_syn_ack_is_scheduled_like_a_syn(mode: IpvsMode) -> None:
+    # "No !th->ack check to allow scheduling on SYN+ACK for Active FTP"
+    d = mode.route(syn(1000, flags=SYN | ACK), 0.0)
+    assert d.verdict is Verdict.DNAT and syn(1000)[:5] in mode.conns
 
 
 def test_no_destination_is_icmp_port_unreachable(mode: IpvsMode) -> None:
@@ -114,6 +125,72 @@ def test_syn_on_time_wait_connection_is_scheduled_afresh(mode: IpvsMode) -> None
     cp.state = TW
     second = mode.route(syn(1000), 1.0).endpoint
     assert second != first
+
+
+def _quiesce(mode: IpvsMode, endpoint: tuple[int, int] | None, port: int = 80) -> None:
+    svc = mode.services[(TCP, VIP, port)]
+    svc.edit_dest(svc.dest_index[endpoint], 0)  # type: ignore[index]  # kube-proxy's graceful termination
+
+
+def test_syn_on_a_live_connection_to_a_quiesced_server_is_dropped_then_rescheduled(mode: IpvsMode) -> None:
+    # The client reuses the tuple of a connection that never closed: conntrack
+    # ignores the SYN and keeps its confirmed entry (ip_vs_conn_uses_old_conntrack),
+    # so ip_vs_in_hook expires the IPVS connection and drops this SYN.
+    first = mode.route(syn(1000), 0.0).endpoint
+    mode.route(syn(1000, flags=ACK), 0.1)  # ESTABLISHED
+    _quiesce(mode, first)
+    dropped = mode.route(syn(1000), 5.0)
+    assert dropped.verdict is Verdict.DROP and dropped.endpoint is None
+    assert syn(1000)[:5] not in mode.conns
+    # The retransmitted SYN (a second later) finds nothing and is scheduled afresh.
+    again = mode.route(syn(1000), 6.0)
+    assert again.verdict is Verdict.DNAT and not again.established and again.endpoint != first
+
+
+def test_retransmitted_syn_of_an_opening_connection_to_a_quiesced_server_is_dropped(mode: IpvsMode) -> None:
+    first = mode.route(syn(1000), 0.0).endpoint  # SYN_RECV: conntrack's entry is confirmed
+    _quiesce(mode, first)
+    assert mode.route(syn(1000), 1.0).verdict is Verdict.DROP
+    assert mode.route(syn(1000), 3.0).endpoint not in (None, first)
+
+
+def test_syn_on_a_closed_connection_to_a_quiesced_server_is_rescheduled_at_once(mode: IpvsMode) -> None:
+    # After a FIN exchange conntrack is in TIME_WAIT and reopens the tuple for
+    # the new SYN (unconfirmed): no old entry, so IPVS reschedules at once.
+    mode.track_replies = True  # IPVS sees the server's segments
+    first = mode.route(syn(1000), 0.0).endpoint
+    for flags in (ACK, FIN | ACK, ACK):
+        mode.route(syn(1000, flags=flags), 0.1)
+    mode.route(Packet(TCP, first[0], first[1], CLIENT, 1000, flags=FIN | ACK), 0.2)  # type: ignore[index]
+    assert mode.conns[syn(1000)[:5]].state == TW
+    _quiesce(mode, first)
+    again = mode.route(syn(1000), 1.0)
+    assert again.verdict is Verdict.DNAT and again.endpoint != first
+
+
+def test_syn_after_a_client_reset_is_rescheduled_after_a_server_reset_dropped(mode: IpvsMode) -> None:
+    # CLOSE after the client's RST: conntrack reopens; after the server's RST it does not.
+    mode.track_replies = True
+    a = mode.route(syn(1000), 0.0).endpoint
+    mode.route(syn(1000, flags=ACK), 0.1)
+    mode.route(syn(1000, flags=RST), 0.2)
+    b = mode.route(syn(2000), 0.0).endpoint
+    mode.route(syn(2000, flags=ACK), 0.1)
+    mode.route(Packet(TCP, b[0], b[1], CLIENT, 2000, flags=RST), 0.2)  # type: ignore[index]
+    _quiesce(mode, a)
+    if b != a:
+        _quiesce(mode, b)
+    assert mode.route(syn(1000), 1.0).verdict is Verdict.DNAT
+    assert mode.route(syn(2000), 1.0).verdict is Verdict.DROP
+
+
+def test_syn_on_time_wait_under_a_template_follows_the_old_connection(mode: IpvsMode) -> None:
+    # is_new_conn_expected(): a connection a persistence template controls is
+    # not rescheduled on port reuse (its server is still in service).
+    first = mode.route(syn(1000, 443), 0.0).endpoint
+    mode.conns[syn(1000, 443)[:5]].state = TW
+    again = mode.route(syn(1000, 443), 1.0)
+    assert again.established and again.endpoint == first
 
 
 def test_udp_connections_stay_inactive_for_300_seconds(mode: IpvsMode) -> None:

@@ -1,5 +1,6 @@
 """The userspace engine: LoadBalancerRR, the dial model, UDP associations,
-the start-up ttl quirk, trace == route, and the index against the literal walk."""
+the start-up ttl quirk, trace == route, and the index against the netfilter
+engine's walk of the rendered rules."""
 
 from __future__ import annotations
 
@@ -11,10 +12,9 @@ from userspace_cluster import service, synced, view_of, write_cluster
 
 from netem.addr import parse_ip
 from netem.cluster import Cluster
-from netem.packet import TCP, UDP, Packet
+from netem.packet import ACK, RST, SYN, TCP, UDP, Packet
 from proxy_modes import registry
 from proxy_modes.base import Verdict
-from proxy_modes.userspace import rules as r
 from proxy_modes.userspace.engine import (
     DEFAULT_STICKY_SECONDS,
     DIAL_TIMEOUTS,
@@ -281,15 +281,73 @@ def _walk_packets() -> list[Packet]:
 @pytest.mark.parametrize(
     "packet", _walk_packets(), ids=lambda p: f"{p.dst}:{p.dport}/{p.proto}/{'out' if p.local else 'pre'}"
 )
-def test_index_equals_the_literal_walk(basic: Cluster, packet: Packet) -> None:
+def test_index_equals_the_engine_walk(basic: Cluster, packet: Packet) -> None:
+    """The mode's index against the shared netfilter engine walking the
+    rendered rules rule by rule: same verdict, same proxy port, same rules."""
     mode = synced(basic)
-    portal, rule, cost = mode.find_portal(packet)
-    walked = r.walk(mode.chains, packet, mode.node_ips)
-    assert rule == walked.rule and cost == walked.rules
-    assert (portal is None) == (walked.rule is None)
+    walked = mode.netfilter(literal=True).walk(packet, 0.0)
     decision = mode.route(packet, 0.0)
     assert decision.rules == walked.rules
-    assert (decision.verdict is Verdict.ACCEPT) == (walked.rule is None)
+    assert (decision.verdict is Verdict.ACCEPT) == (walked.verdict is Verdict.ACCEPT)
+    entry = mode.conntrack.lookup(packet[:5], 0.0)
+    if walked.verdict is Verdict.DNAT:
+        assert entry is not None and entry[0].dnat == walked.endpoint  # the proxy port the kernel chose
+        assert decision.service is not None
+    else:  # conntrack tracks it all the same, untranslated
+        assert walked.endpoint is None and (entry is None or entry[0].dnat is None)
+
+
+def _node_port(name: str, ip: str, proto: str, node_port: int, extra: str = "") -> str:
+    doc = service(name, ip, ["10.180.1.1"], proto=proto, extra="  type: NodePort\n" + extra)
+    return doc.replace(f"protocol: {proto}}}]", f"protocol: {proto}, nodePort: {node_port}}}]", 1)
+
+
+def _node_ports(tmp_path: Path) -> Cluster:
+    """Four NodePorts (one with an external IP), so that KUBE-NODEPORT-NON-LOCAL
+    has rules at different positions, and a ClusterIP service."""
+    return write_cluster(
+        tmp_path,
+        service("web", "172.30.0.10", ["10.180.0.1", "10.180.0.2"]),
+        _node_port("np", "172.30.0.12", "TCP", 30080, "  externalIPs: [203.0.113.50]\n"),
+        *[_node_port(f"np{i}", f"172.30.1.{i}", proto, 30090 + i) for i, proto in enumerate(["TCP", "UDP", "TCP"])],
+    )
+
+
+def test_packet_sequences_count_the_rules_the_engine_counts(tmp_path: Path) -> None:
+    """New connections, later packets both ways, packets conntrack calls
+    INVALID: the mode's decisions count what the engine's route() counts on
+    the same sequence (filter INPUT sees each packet, NEW until a reply)."""
+    mode = synced(_node_ports(tmp_path))
+    assert mode._non_local_rules == 4
+    nf = mode.netfilter(literal=True)
+    rng = random.Random(5)
+    dests = [(p.dst, p.dport, p.proto) for p in _walk_packets()]
+    dests += [(parse_ip("192.168.0.2"), 30090 + i, proto) for i, proto in enumerate([TCP, UDP, TCP])]
+    flows: list[Packet] = []
+    proxied = 0
+    for n in range(600):
+        if not flows or rng.random() < 0.5:
+            dst, dport, proto = rng.choice(dests)
+            src, local = rng.choice([("10.0.0.5", False), ("203.0.113.7", False), ("192.168.0.2", True)])
+            flags = rng.choice([SYN, SYN, ACK, SYN | ACK, RST]) if proto == TCP else 0
+            p = Packet(proto, parse_ip(src), 30000 + n, dst, dport, local, "", flags)
+            if flags in (SYN, 0):
+                flows.append(p)
+        else:
+            first = rng.choice(flows)
+            entry = mode.conntrack.lookup(first[:5], 0.0)
+            if entry is not None and rng.random() < 0.4:  # kube-proxy's socket answers the client
+                _, rsrc, rsport, rdst, rdport = entry[0].reply
+                p = Packet(first.proto, rsrc, rsport, rdst, rdport, True, "", ACK if first.proto == TCP else 0)
+            else:
+                p = first._replace(flags=ACK if first.proto == TCP else 0)
+        got, want = mode.route(p, 1.0), nf.route(p, 1.0)
+        assert got.rules == want.rules, f"{p}: mode {got} engine {want}"
+        assert got.established == want.established
+        if want.verdict is Verdict.DNAT and not want.established:
+            proxied += 1
+            assert mode.conntrack.lookup(p[:5], 1.0)[0].dnat == want.endpoint  # type: ignore[index]
+    assert proxied > 50
 
 
 def test_external_ip_local_and_node_port_paths(basic: Cluster) -> None:
@@ -298,9 +356,9 @@ def test_external_ip_local_and_node_port_paths(basic: Cluster) -> None:
     # From the node to a non-local external IP: no host rule matches it.
     assert mode.route(pkt("203.0.113.50", 80, local=True), 0.0).verdict is Verdict.ACCEPT
     # From outside to it: the container rule with `! --physdev-is-in`.
-    assert mode.route(pkt("203.0.113.50", 80), 0.0).service == np_name
+    assert mode.route(pkt("203.0.113.50", 80, sport=40001), 0.0).service == np_name
     # To the node's own address as an external IP, from the node: the dst-local host rule.
-    assert mode.route(pkt("192.168.0.2", 80, local=True), 0.0).service == np_name
+    assert mode.route(pkt("192.168.0.2", 80, sport=40002, local=True), 0.0).service == np_name
     # NodePort on any local address, not on someone else's.
     assert mode.route(pkt("192.168.0.2", 30080, sport=1), 0.0).service == np_name
     assert mode.route(pkt("127.0.0.1", 30080, sport=2, local=True), 0.0).service == np_name
