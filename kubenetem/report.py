@@ -132,6 +132,22 @@ CHARTS = (
 )
 
 
+def _minor_labels(low: float, high: float) -> Any:
+    """Label a log axis's minor ticks where they do not crowd: all of them
+    within a decade, 2 and 5 within two decades, none beyond."""
+    from matplotlib.ticker import FormatStrFormatter, FuncFormatter, NullFormatter
+
+    def two_and_five(y: float, _pos: int) -> str:
+        mantissa = round(y / 10 ** math.floor(math.log10(y) + 1e-9))
+        return f"{y:g}" if mantissa in (2, 5) else ""
+
+    if high < 8 * low:
+        return FormatStrFormatter("%g")
+    if high < 150 * low:
+        return FuncFormatter(two_and_five)
+    return NullFormatter()
+
+
 def plot(report: Report, path: Path, real: dict[str, dict[str, list[tuple[int, float]]]] | None = None) -> None:
     """One PNG, one panel per measure, time against services (log axes);
     with `real` (realkernel.curves), two more panels for the real kernel."""
@@ -139,7 +155,7 @@ def plot(report: Report, path: Path, real: dict[str, dict[str, list[tuple[int, f
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+    from matplotlib.ticker import FormatStrFormatter
 
     panels = list(CHARTS)
     if real:
@@ -184,9 +200,7 @@ def plot(report: Report, path: Path, real: dict[str, dict[str, list[tuple[int, f
         if ax.lines:
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-            low, high = ax.get_ylim()
-            # Label the minor ticks too, but only where they do not crowd.
-            ax.yaxis.set_minor_formatter(FormatStrFormatter("%g") if high < 8 * low else NullFormatter())
+            ax.yaxis.set_minor_formatter(_minor_labels(*ax.get_ylim()))
             ax.legend(fontsize=7)
         else:
             ax.text(

@@ -97,6 +97,15 @@ def test_report_folder(tmp_path: Path) -> None:
     assert json.loads(files[2].read_text())["points"][0]["mode"] == "userspace"
 
 
+def test_chart_labels_minor_ticks_only_where_they_fit() -> None:
+    within_a_decade = report._minor_labels(2.0, 9.0)
+    assert [within_a_decade(y, 0) for y in (2, 3, 7)] == ["2", "3", "7"]
+    two_decades = report._minor_labels(1.5, 40.0)
+    assert [two_decades(y, 0) for y in (2, 3, 5, 20, 30, 50)] == ["2", "", "5", "20", "", "50"]
+    wide = report._minor_labels(0.01, 10.0)
+    assert wide(0.02, 0) == "" and wide(5, 0) == ""
+
+
 @pytest.mark.kernel
 def test_bench_real_kernel_curves(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--real loads rules into the kernel and connects through them, for both
