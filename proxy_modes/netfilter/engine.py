@@ -479,19 +479,7 @@ class Netfilter:
         rules do to a new one. `steps`, when given, receives the trace."""
         st = self.new_state(packet, now)
         st.steps = steps
-        verdict = self._first_packet(st)
-        if verdict != V_ACCEPT:
-            return Decision(_VERDICTS[verdict], None, False, st.rules, st.lookups + 1, st.service)  # type: ignore[arg-type]
-        if steps is not None:
-            self._note_outcome(st)
-        return Decision(
-            Verdict.DNAT if st.dnat is not None else Verdict.ACCEPT,
-            st.dnat,
-            st.snat is not None,
-            st.rules,
-            st.lookups + 1,
-            st.service,  # type: ignore[arg-type]
-        )
+        return self._decision(st, self._first_packet(st))
 
     def reach(self, packet: Packet, now: float) -> list[Reach]:
         """Every endpoint a new connection could be DNATed to, with its probability."""
@@ -522,10 +510,15 @@ class Netfilter:
         return outcomes
 
     def _decide(self, st: PacketState, verdict: int, packet: Packet) -> Decision:
+        """The first packet's decision; an accepted packet (not a dry run, not
+        INVALID) leaves its conntrack entry."""
+        if verdict == V_ACCEPT and not st.dry and st.ctstate != CT_INVALID:
+            self.conntrack.create(packet[:5], st.now, st.dnat, st.snat, packet.flags, 0, st.service)
+        return self._decision(st, verdict)
+
+    def _decision(self, st: PacketState, verdict: int) -> Decision:
         if verdict != V_ACCEPT:
             return Decision(_VERDICTS[verdict], None, False, st.rules, st.lookups + 1, st.service)  # type: ignore[arg-type]
-        if not st.dry and st.ctstate != CT_INVALID:
-            self.conntrack.create(packet[:5], st.now, st.dnat, st.snat, packet.flags, 0, st.service)
         if st.steps is not None:
             self._note_outcome(st)
         return Decision(
