@@ -42,7 +42,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from netem.addr import int_to_ip
-from netem.conntrack import INVALID, NONE, ORIGINAL, Conntrack, CtEntry, tcp_next_state
+from netem.conntrack import INVALID, NONE, ORIGINAL, SEEN_REPLY, Conntrack, CtEntry, tcp_next_state
 from netem.errors import RulesetError, UsageError, Where
 from netem.packet import TCP, UDP, Packet, proto_name
 
@@ -231,7 +231,11 @@ class Walk:
         self.steps = steps
         self.service: ServicePortName | None = None
         self.affinity: str | None = None
-        self.nat_done = {"dst": ctstate != CT_NEW, "src": ctstate != CT_NEW}
+        # The nat chains see only a connection's first packet (nf_nat_inet_fn:
+        # a tracked connection's binding is already initialised), even when a
+        # later packet is still `ct state new` (no reply seen yet).
+        tracked = entry is not None or ctstate != CT_NEW
+        self.nat_done = {"dst": tracked, "src": tracked}
         self.abstract = False  # an established connection's binding left unknown (see apply_binding)
         self.dst_local = False  # ... and whether its translated destination is this host
         self.src_gone = False  # the source was rewritten to an address the plan does not know
@@ -413,6 +417,11 @@ class Walk:
             assert verdict is not None
             self.final = verdict
             self.stopped = True
+
+    @property
+    def opens(self) -> bool:
+        """This packet would open a connection (no conntrack entry, ct state new)."""
+        return self.entry is None and self.ctstate == CT_NEW
 
     def fork(self, answer: Any) -> Walk:
         """A copy of this (rewound) walk that will take `answer` to its pending question."""
@@ -689,7 +698,26 @@ class Walk:
             self.service,
             False,
         )
-        return Outcome(decision, self.dnat, self.masquerade, tuple(self.actions), final, self.ctstate == CT_NEW)
+        return Outcome(decision, self.dnat, self.masquerade, tuple(self.actions), final, self.opens)
+
+
+def tracked_ctstate(entry: CtEntry, direction: int, valid: bool) -> int:
+    """`ct state` of a packet with a conntrack entry (nf_conntrack_core.c
+    resolve_normal_ct): invalid if conntrack refused it, established in the
+    reply direction or once a reply was seen, else still new (a retransmitted
+    SYN, a second UDP datagram before any answer)."""
+    if not valid:
+        return CT_INVALID
+    if direction != ORIGINAL or entry.status & SEEN_REPLY:
+        return CT_ESTABLISHED
+    return CT_NEW
+
+
+_CTSTATE_TEXT = {
+    CT_ESTABLISHED: "established; nat chains are not consulted again",
+    CT_NEW: "new (no reply seen yet); nat chains are not consulted again",
+    CT_INVALID: "invalid",
+}
 
 
 def established_decision(final: str, rules: int, lookups: int, entry: CtEntry, direction: int) -> Decision:
@@ -774,7 +802,7 @@ class Engine:
     ) -> tuple[Outcome, Walk]:
         w = Walk(self, packet, now, ctstate, entry, direction, steps=steps)
         w.run()
-        return w.outcome(ctstate != CT_NEW), w
+        return w.outcome(not w.opens), w
 
     # -- symbolic ----------------------------------------------------------------
 
@@ -810,7 +838,7 @@ class Engine:
             if q[0] == "member":
                 return [MEMBER, self.table.sets[q[1]].members, yes, no]
             return [VALUE, q[1], yes, no]
-        return w.outcome(w.ctstate != CT_NEW)
+        return w.outcome(not w.opens)
 
     def compile_plan(
         self,
@@ -928,7 +956,7 @@ class Engine:
             w = pending.walk.fork(pending.answer)
             w.symbolic, w.src = False, packet[1]
             w.run()
-            raise FinishedLiterally(w.outcome(w.ctstate != CT_NEW)) from None
+            raise FinishedLiterally(w.outcome(not w.opens)) from None
         return child
 
     def commit_new(self, packet: Packet, out: Outcome, now: float) -> None:
@@ -1017,7 +1045,7 @@ class Engine:
         shape (DNAT or not, masquerade or not, to this host or not); the
         addresses the binding gives stay unknown to it (Walk.apply_binding)."""
         entry, direction = hit
-        ctstate = CT_ESTABLISHED if self.conntrack.update(entry, direction, packet.flags, now) else CT_INVALID
+        ctstate = tracked_ctstate(entry, direction, self.conntrack.update(entry, direction, packet.flags, now))
         dnat, snat = entry.dnat, entry.snat
         if direction == ORIGINAL:
             to = dnat[0] if dnat is not None else packet.dst
@@ -1159,14 +1187,13 @@ class NftablesMode:
         else:
             entry, direction = hit
             ok = eng.conntrack.update(entry, direction, packet.flags, now)
-            ctstate = CT_ESTABLISHED if ok else CT_INVALID
+            ctstate = tracked_ctstate(entry, direction, ok)
             which = "original" if direction == ORIGINAL else "reply"
             binding = f", DNAT to {int_to_ip(entry.dnat[0])}:{entry.dnat[1]}" if entry.dnat else ""
             steps.append(
                 Step(
                     "conntrack",
-                    f"conntrack entry found ({which} direction{binding}): ct state "
-                    + ("established; nat chains are not consulted again" if ok else "invalid"),
+                    f"conntrack entry found ({which} direction{binding}): ct state " + _CTSTATE_TEXT[ctstate],
                 )
             )
             out, walk = eng.walk(packet, now, ctstate, entry, direction, steps=steps)

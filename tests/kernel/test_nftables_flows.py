@@ -252,3 +252,34 @@ def test_established_connections_survive_a_rules_change(lab: Lab) -> None:
         assert d.established and d.endpoint == endpoint
     fresh = {lab.mode.route(Packet(6, src, 42000 + k, parse_ip("172.30.0.41"), 80), 3.0).endpoint for k in range(30)}
     assert gone not in fresh and len(fresh) == 2
+
+
+def test_a_later_packet_before_any_reply_is_still_ct_state_new(lab: Lab) -> None:
+    """A datagram whose first one was never answered is `ct state new` in the
+    kernel (resolve_normal_ct: no reply seen), so the filter chains' `ct
+    state new` checks see it again: after loadBalancerSourceRanges shuts the
+    client out, its next datagram on the same conntrack entry is dropped by
+    firewall-check, as the engine says. (Nothing listens on the target port:
+    the pod answers with ICMP port unreachable, which is RELATED and is not
+    a reply.)"""
+    lb = Svc(
+        "ns",
+        "lbudp",
+        "172.30.0.48",
+        [Port("dns", 53, "UDP")],
+        type="LoadBalancer",
+        lb_ips=["1.2.3.5"],
+        source_ranges=["203.0.113.0/25"],
+        endpoints=[(PODS["pod-a"], LOCAL_NODE, {"dns": 9999})],
+    )
+    lab.services.append(lb)
+    lab.node.run(["nft", "-f", "-"], input=lab.sync().text)
+    datagram = Packet(proto_number("udp"), parse_ip(OUTSIDE), 43000, parse_ip("1.2.3.5"), 53)
+    assert lab.outside.connect("1.2.3.5", 53, "udp", src=OUTSIDE, sport=43000, timeout=0.5).status == "refused"
+    first = lab.mode.route(datagram, 1.0)
+    assert first.verdict is Verdict.DNAT and first.endpoint == (parse_ip(PODS["pod-a"]), 9999)
+    lb.source_ranges = ["203.0.113.128/25"]
+    lab.node.run(["nft", "-f", "-"], input=lab.sync().text)
+    assert lab.outside.connect("1.2.3.5", 53, "udp", src=OUTSIDE, sport=43000, timeout=0.5).status == "timeout"
+    again = lab.mode.route(datagram, 2.0)
+    assert again.established and again.verdict is Verdict.DROP

@@ -38,7 +38,7 @@ from netem.errors import RulesetError
 from netem.packet import ACK, FIN, SYN, TCP, UDP, Packet
 from proxy_modes.base import Verdict
 from proxy_modes.nftables import engine
-from proxy_modes.nftables.engine import CT_ESTABLISHED, CT_INVALID, CT_NEW, NftablesMode
+from proxy_modes.nftables.engine import CT_INVALID, CT_NEW, NftablesMode
 from proxy_modes.nftables.ruleset import dump_commands, list_ruleset
 from proxy_modes.view import EndpointInfo, ProxyState, ServiceEntry
 
@@ -503,15 +503,17 @@ def test_compiled_plans_equal_the_literal_walk(seed: int, cache: int, monkeypatc
             b = out.decision
         else:
             entry, direction = hit
-            ctstate = CT_ESTABLISHED if eng.conntrack.update(entry, direction, p.flags, now) else CT_INVALID
+            ctstate = engine.tracked_ctstate(entry, direction, eng.conntrack.update(entry, direction, p.flags, now))
             b = eng.walk(p, now, ctstate, entry, direction)[0].decision
         assert a == b, (n, p)
-    # Every destination was compiled (none fell back to the literal walk).
-    assert (
-        compiled.engine.plans
-        and len(compiled.engine.plans) <= cache
-        and all(plan is not False for plan in compiled.engine.plans.values())
-    )
+    # Every destination was compiled (none fell back to the literal walk),
+    # except for later packets still `ct state new` (no reply yet): their
+    # filter checks read the translated address, which a plan shared by every
+    # connection to the service cannot know, so they are walked literally.
+    plans = compiled.engine.plans
+    literal_keys = [key for key, plan in plans.items() if plan is False]
+    assert plans and len(plans) <= cache
+    assert all(len(key) == 10 and key[0] == CT_NEW for key in literal_keys), literal_keys
     assert compiled.rng.getstate() == literal.rng.getstate()
     assert compiled.conntrack.dump(150.0) == literal.conntrack.dump(150.0)
     assert list_ruleset(compiled.table, 150.0) == list_ruleset(literal.table, 150.0)
