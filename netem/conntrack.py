@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .addr import int_to_ip
 from .packet import ACK, FIN, RST, SCTP, SYN, TCP, UDP, Flow, proto_name
@@ -142,6 +143,20 @@ SEEN_REPLY = 0x2
 ASSURED = 0x4
 SRC_NAT = 0x10
 DST_NAT = 0x20
+
+
+class FlowCache:
+    """What a mode may keep in an entry's `data` for the connection's later
+    packets: the service it was routed to, and per direction the last
+    decision with what it depended on (the mode decides what that is, e.g.
+    rules generation, ct state, NAT/reply status, interface, locality)."""
+
+    __slots__ = ("orig", "reply", "service")
+
+    def __init__(self, service: object) -> None:
+        self.service = service
+        self.orig: tuple[Any, ...] | None = None
+        self.reply: tuple[Any, ...] | None = None
 
 
 @dataclass(slots=True, eq=False)

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from netem.addr import MAX, int_to_ip
 from netem.conntrack import ESTABLISHED as TCP_ESTABLISHED
-from netem.conntrack import ORIGINAL, REPLY, SEEN_REPLY, Conntrack, CtEntry, tcp_next_state
+from netem.conntrack import ORIGINAL, REPLY, SEEN_REPLY, Conntrack, CtEntry, FlowCache, tcp_next_state
 from netem.gcpause import paused_gc
 from netem.packet import ACK, TCP, Packet, format_flow, proto_name
 from proxy_modes.base import Decision, Reach, Step, Verdict, probability_text
@@ -870,19 +870,6 @@ class Netfilter:
 # table from NONE); one that cannot is INVALID and skips the nat table.
 _OPENS = tuple(tcp_next_state(ORIGINAL, flags, 0) < 10 for flags in range(256))
 _NAT_AND_REPLY = SEEN_REPLY | 0x10 | 0x20  # the status bits a later packet's filter walk depends on
-
-
-class FlowCache:
-    """What a connection's entry remembers for its later packets: the service
-    it was routed to, and per direction the last decision with what it
-    depended on (rules generation, NAT/reply status, interface, locality)."""
-
-    __slots__ = ("orig", "reply", "service")
-
-    def __init__(self, service: object) -> None:
-        self.service = service
-        self.orig: tuple[Any, ...] | None = None
-        self.reply: tuple[Any, ...] | None = None
 
 
 def chain_policy(verdict: int) -> str:

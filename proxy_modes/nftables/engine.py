@@ -42,7 +42,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from netem.addr import int_to_ip
-from netem.conntrack import INVALID, NONE, ORIGINAL, SEEN_REPLY, Conntrack, CtEntry, tcp_next_state
+from netem.conntrack import INVALID, NONE, ORIGINAL, SEEN_REPLY, Conntrack, CtEntry, FlowCache, tcp_next_state
 from netem.errors import RulesetError, UsageError, Where
 from netem.packet import TCP, UDP, Packet, proto_name
 
@@ -720,6 +720,17 @@ _CTSTATE_TEXT = {
 }
 
 
+def settled(node: Plan) -> bool:
+    """No branch of this (fully explored) plan reads a set's contents, the
+    clock or a random draw: its answer depends on the packet alone."""
+    if node.__class__ is not list:
+        return True
+    op = node[0]
+    if op in (MEMBER, NUMGEN):
+        return False
+    return all(settled(child) for child in node[3 if op == RANGE else 2 :])
+
+
 def established_decision(final: str, rules: int, lookups: int, entry: CtEntry, direction: int) -> Decision:
     """A packet of a tracked connection: its fate from the walk, its NAT from
     the conntrack entry (DNAT for the original direction)."""
@@ -733,7 +744,8 @@ def established_decision(final: str, rules: int, lookups: int, entry: CtEntry, d
     else:
         verdict = Verdict.ACCEPT
     stopped = final != "accept"
-    service = entry.data if isinstance(entry.data, ServicePortName) else None
+    data = entry.data.service if isinstance(entry.data, FlowCache) else entry.data
+    service = data if isinstance(data, ServicePortName) else None
     masquerade = not stopped and entry.snat is not None
     return Decision(verdict, None if stopped else dnat, masquerade, rules, lookups, service, True)
 
@@ -778,6 +790,7 @@ class Engine:
         self.plans: dict[tuple[Any, ...], Plan] = {}
         self.fast: dict[tuple[int, int, int], Plan] = {}  # new, forwarded: (dst, dport, proto) -> plan
         self.hooks: dict[str, list[Chain]] = {}
+        self.generation = 0  # bumped by every reset: a connection's remembered decision is for one table
         self.reset(table)
 
     def reset(self, table: Table, same_base_chains: bool = False) -> None:
@@ -786,6 +799,7 @@ class Engine:
         if not same_base_chains or table is not self.table:
             self.hooks = {h: table.base_chains(h) for h in ("prerouting", "input", "forward", "output", "postrouting")}
         self.table = table
+        self.generation += 1
         self.plans.clear()
         self.fast.clear()
 
@@ -1046,6 +1060,17 @@ class Engine:
         addresses the binding gives stay unknown to it (Walk.apply_binding)."""
         entry, direction = hit
         ctstate = tracked_ctstate(entry, direction, self.conntrack.update(entry, direction, packet.flags, now))
+        memo = entry.data
+        if memo.__class__ is FlowCache:
+            seen = memo.orig if direction == ORIGINAL else memo.reply
+            if (
+                seen is not None
+                and seen[0] == self.generation
+                and seen[1] == ctstate
+                and seen[2] == packet.iif
+                and seen[3] == packet.local
+            ):
+                return seen[4]
         dnat, snat = entry.dnat, entry.snat
         if direction == ORIGINAL:
             to = dnat[0] if dnat is not None else packet.dst
@@ -1072,7 +1097,19 @@ class Engine:
             return out.decision
         leaf = self.run_plan(plan, packet, now)
         d = leaf.decision
-        return established_decision(leaf.final, d.rules, d.lookups, entry, direction)
+        decision = established_decision(leaf.final, d.rules, d.lookups, entry, direction)
+        if settled(plan):
+            # Every question in the plan is about the source address, fixed for
+            # this direction of the connection: the same packet gets the same
+            # decision until the table, its ct state or its interface change.
+            if memo.__class__ is not FlowCache:
+                memo = entry.data = FlowCache(memo)
+            seen = (self.generation, ctstate, packet.iif, packet.local, decision)
+            if direction == ORIGINAL:
+                memo.orig = seen
+            else:
+                memo.reply = seen
+        return decision
 
     def established_plan(
         self, packet: Packet, now: float, ctstate: int, entry: CtEntry, direction: int, to_local: bool

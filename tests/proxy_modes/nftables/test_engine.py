@@ -33,7 +33,7 @@ from nft_helpers import (
 
 from kubenetem.stats import chi_square
 from netem.addr import parse_ip
-from netem.conntrack import INVALID, NONE, ORIGINAL, tcp_next_state
+from netem.conntrack import INVALID, NONE, ORIGINAL, FlowCache, tcp_next_state
 from netem.errors import RulesetError
 from netem.packet import ACK, FIN, SYN, TCP, UDP, Packet
 from proxy_modes.base import Verdict
@@ -624,3 +624,58 @@ def test_prepared_plans_route_as_lazy_ones() -> None:
         p = packet(["10.0.0.2", EXT, "10.180.0.4", NODE_IP][n % 3], 2000 + n, dst, port)
         assert prepared.route(p, n * 0.1) == lazy.route(p, n * 0.1)
     assert prepared.rng.getstate() == lazy.rng.getstate()
+
+
+WATCHED = """table ip kube-proxy {
+\tset watched {
+\t\ttype ipv4_addr
+\t\tflags dynamic,timeout
+\t\ttimeout 10s
+\t}
+
+\tchain nat-prerouting {
+\t\ttype nat hook prerouting priority dstnat; policy accept;
+\t\tip daddr 172.30.0.2 update @watched { ip saddr }
+\t\tip daddr 172.30.0.1 meta l4proto tcp dnat to 10.1.0.1:80
+\t\tip daddr 172.30.0.2 meta l4proto tcp dnat to 10.1.0.2:80
+\t}
+
+\tchain filter-forward {
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tct state established ip saddr @watched drop
+\t\tct state established ip saddr 10.0.0.9 drop
+\t}
+}
+"""
+
+
+def test_established_decisions_are_remembered_only_while_they_cannot_change() -> None:
+    """A connection's later packets reuse its decision while nothing it
+    depends on can change: not across a set's contents (here a dynamic set
+    with a timeout) and not across a new table."""
+    m = NftablesMode(random.Random(1))
+    m.load_capture(WATCHED, [parse_ip(NODE_IP)], "watched.nft")
+
+    def connect(src: str, sport: int, dst: str, now: float) -> Packet:
+        syn = packet(src, sport, dst, 80)
+        d = m.route(syn, now)
+        assert d.verdict is Verdict.DNAT and d.endpoint is not None
+        m.route(Packet(TCP, d.endpoint[0], d.endpoint[1], syn.src, syn.sport, flags=SYN | ACK), now)
+        return syn._replace(flags=ACK)
+
+    ack = connect("10.0.0.2", 1000, "172.30.0.1", 0.0)
+    assert m.route(ack, 0.1).verdict is Verdict.DNAT
+    connect("10.0.0.2", 1001, "172.30.0.2", 0.2)  # puts 10.0.0.2 in @watched for 10 s
+    assert m.route(ack, 0.3).verdict is Verdict.DROP
+    assert m.route(ack, 11.0).verdict is Verdict.DNAT  # the element timed out
+    # The same ruleset without the set: the decision is remembered on the entry ...
+    plain = WATCHED.replace("\t\tct state established ip saddr @watched drop\n", "")
+    m.load_capture(plain, [parse_ip(NODE_IP)], "plain.nft")
+    other = connect("10.0.0.9", 2000, "172.30.0.1", 12.0)
+    assert m.route(other, 12.1).verdict is Verdict.DROP
+    entry = m.conntrack.lookup(other[:5], 12.2)
+    assert entry is not None and isinstance(entry[0].data, FlowCache) and entry[0].data.orig is not None
+    assert m.route(other, 12.2).verdict is Verdict.DROP
+    # ... and forgotten with a new table (as a sync installs it: conntrack kept).
+    m.engine.reset(engine.load_table(plain.replace("10.0.0.9", "10.0.0.8"), "plain.nft"))
+    assert m.route(other, 12.3).verdict is Verdict.DNAT
