@@ -10,7 +10,9 @@ from one node it measures, with the mode synced from that node's view:
   first, is subtracted), then median and p99; flows go to services drawn
   uniformly, from client pods on the node, after a warm-up connection to
   every service (engines that build per-destination plans lazily pay that
-  once, not in the timed steady state);
+  once, not in the timed steady state); the established packet timed is
+  each connection's second after its handshake (SYN, SYN-ACK, ACK untimed),
+  what most packets of a connection are;
 - the modeled kernel cost of those decisions: rules evaluated or lookups as
   the mode reports them, turned into microseconds by the mode's calibrated
   cost model where it has one (`modeled_latency_us(decision)`);
@@ -228,8 +230,15 @@ def answer(mode: ProxyMode, syn: Packet, decision: Decision, node_ip: int, now: 
     was masqueraded, keeping the source port), and the client's ACK that
     follows is returned. Without the SYN/ACK a client's ACK would be INVALID
     to conntrack (tcp_conntracks: ack in SYN_SENT) and dropped by KUBE-FORWARD,
-    so it would not be an established packet at all."""
-    if decision.endpoint is not None:
+    so it would not be an established packet at all. Where the mode keeps a
+    conntrack table the answer is its entry's reply tuple (for userspace that
+    is kube-proxy's own socket, which the SYN was redirected to)."""
+    conntrack = getattr(mode, "conntrack", None)
+    hit = conntrack.lookup(syn[:5], now) if conntrack is not None else None
+    if hit is not None:
+        _, src, sport, dst, dport = hit[0].reply
+        mode.route(Packet(TCP, src, sport, dst, dport, flags=SYN | ACK), now + 0.001)
+    elif decision.endpoint is not None:
         ep_ip, ep_port = decision.endpoint
         dst = node_ip if decision.masquerade else syn.src
         mode.route(Packet(TCP, ep_ip, ep_port, dst, syn.sport, flags=SYN | ACK), now + 0.001)
@@ -287,7 +296,9 @@ def measure(
     now = 1.0
     new_times, decisions = _timed(mode.route, new, now)
     acks = [answer(mode, p, d, view.node_ip, now) for p, d in zip(new, decisions, strict=True)]
-    est_times, est_decisions = _timed(mode.route, acks, now + 0.002)
+    for ack in acks:  # the handshake's last packet: engines may remember a decision from here on
+        mode.route(ack, now + 0.002)
+    est_times, est_decisions = _timed(mode.route, acks, now + 0.003)
     modeled = getattr(mode, "modeled_latency_us", None)
     kernel = (sum(modeled(d) for d in decisions) / len(decisions)) if modeled and decisions else None
     # The balance is counted on the same synced mode, from its state after the

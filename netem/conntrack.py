@@ -5,23 +5,30 @@ difference between them (after DNAT the reply comes *from* the endpoint, after
 masquerade it goes *to* the node). Both tuples index the same entry, so a
 packet of either direction finds it with one dict lookup.
 
-TCP follows the kernel's state table (`tcp_conntracks[2][6][10]` in
-net/netfilter/nf_conntrack_proto_tcp.c, indexed by direction, the packet's
-flag class and the current state), UDP the two-timeout rule of
-nf_conntrack_proto_udp.c (30 s until a reply is seen, then 120 s), and the
-timeouts are the kernel's sysctl defaults (net.netfilter.nf_conntrack_*),
-optionally overridden as kube-proxy does from its `conntrack` configuration.
-Expiry is driven by the caller's `now`; nothing here reads a clock.
+TCP follows nf_conntrack_tcp_packet (net/netfilter/nf_conntrack_proto_tcp.c):
+the state table `tcp_conntracks[2][6][10]` (direction, the packet's flag
+class, the current state), ignored packets that change nothing, a SYN that
+reopens a closed connection (the entry is killed and the packet is new), a
+RST before any reply that ends the entry at once, and the timers it does not
+renew or caps. Sequence numbers and windows are not modelled: every segment
+is in window. UDP follows nf_conntrack_udp_packet (30 s; 120 s and ASSURED
+once answered and still sending 2 s after it began). Timeouts are the
+kernel's sysctl defaults (net.netfilter.nf_conntrack_*), overridden as
+kube-proxy does from its `conntrack` configuration. Expiry is driven by the
+caller's `now`; nothing here reads a clock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .addr import int_to_ip
 from .packet import ACK, FIN, RST, SCTP, SYN, TCP, UDP, Flow, proto_name
+
+if TYPE_CHECKING:
+    from .objects import ProxyConfig
 
 # TCP conntrack states, in the kernel's order (enum tcp_conntrack).
 NONE, SYN_SENT, SYN_RECV, ESTABLISHED, FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE, SYN_SENT2 = range(10)
@@ -52,14 +59,14 @@ _NO, _SS, _SR, _ES, _FW, _CW, _LA, _TW, _CL, _S2, _IV, _IG = range(12)
 _TCP_TABLE: tuple[tuple[tuple[int, ...], ...], ...] = (
     (  # ORIGINAL
         (_SS, _SS, _IG, _IG, _IG, _IG, _IG, _SS, _SS, _S2),  # syn
-        (_IV, _IV, _IG, _IG, _IG, _IG, _IG, _IG, _IG, _SR),  # synack
+        (_IV, _IV, _SR, _IV, _IV, _IV, _IV, _IV, _IV, _SR),  # synack
         (_IV, _IV, _FW, _FW, _LA, _LA, _LA, _TW, _CL, _IV),  # fin
         (_ES, _IV, _ES, _ES, _CW, _CW, _TW, _TW, _CL, _IV),  # ack
         (_IV, _CL, _CL, _CL, _CL, _CL, _CL, _CL, _CL, _CL),  # rst
         (_IV,) * 10,  # none
     ),
     (  # REPLY
-        (_IV, _S2, _IV, _IV, _IV, _IV, _IV, _IV, _IV, _S2),  # syn
+        (_IV, _S2, _IV, _IV, _IV, _IV, _IV, _SS, _IV, _S2),  # syn
         (_IV, _SR, _IG, _IG, _IG, _IG, _IG, _IG, _IG, _SR),  # synack
         (_IV, _IV, _FW, _FW, _LA, _LA, _LA, _TW, _CL, _IV),  # fin
         (_IV, _IG, _SR, _ES, _CW, _CW, _TW, _TW, _CL, _IG),  # ack
@@ -108,6 +115,7 @@ class Timeouts:
         10,
         120,  # indexed by TCP state
     )
+    tcp_unacknowledged: float = 300  # nf_conntrack_tcp_timeout_unacknowledged
     udp_unreplied: float = 30  # nf_conntrack_udp_timeout
     udp_replied: float = 120  # nf_conntrack_udp_timeout_stream
     sctp_established: float = 210  # nf_conntrack_sctp_timeout_established
@@ -137,6 +145,16 @@ class Timeouts:
 
 
 KERNEL_TIMEOUTS = Timeouts()
+
+
+def kube_proxy_timeouts(cfg: ProxyConfig) -> Timeouts:
+    """The node's timeouts once kube-proxy started, whatever its mode
+    (cmd/kube-proxy/app/server_linux.go setupConntrack: the same sysctls for
+    every proxier)."""
+    return KERNEL_TIMEOUTS.with_kube_proxy(
+        cfg.conntrack_tcp_established, cfg.conntrack_tcp_close_wait, cfg.conntrack_udp, cfg.conntrack_udp_stream
+    )
+
 
 # Entry status bits (a subset of enum ip_conntrack_status).
 SEEN_REPLY = 0x2
@@ -170,6 +188,12 @@ class CtEntry:
     # What the mode that created the entry wants to remember about the flow
     # (e.g. the endpoint an IPVS connection went to). Never interpreted here.
     data: object = None
+    born: float = 0.0  # when it was created (UDP's stream timer starts 2 s later)
+    # TCP only (struct ip_ct_tcp): a FIN started closing it (CLOSE_INIT in
+    # either direction), and the direction + 1 of the last packet if that
+    # was a RST (last_dir/last_index), else 0: what lets a SYN reopen it.
+    closing: bool = False
+    last_rst: int = 0
 
     @property
     def dnat(self) -> tuple[int, int] | None:
@@ -254,7 +278,7 @@ class Conntrack:
         if snat is not None:
             reply = self._unique_snat_reply(reply, snat, now)
             status |= SRC_NAT
-        entry = CtEntry(orig, reply, state, now + timeout, status, mark, data)
+        entry = CtEntry(orig, reply, state, now + timeout, status, mark, data, now)
         by_tuple = self._by_tuple
         by_tuple[orig] = entry
         by_tuple[reply] = entry
@@ -275,25 +299,93 @@ class Conntrack:
                 break
         return candidate
 
-    def update(self, entry: CtEntry, direction: int, flags: int, now: float) -> bool:
-        """Account one more packet of a tracked connection; False if invalid."""
+    def update(self, entry: CtEntry, direction: int, flags: int, now: float) -> bool | None:
+        """Account one more packet of a tracked connection (nf_conntrack_in
+        after the lookup). True: conntrack accepted it (SEEN_REPLY is set by a
+        reply only then). False: INVALID, the packet leaves conntrack without
+        its entry (no NAT, `ct state invalid`). None: a SYN reopening a closed
+        connection: the entry is gone and the packet opens a new one."""
         proto = entry.orig[0]
-        if direction == REPLY:
-            entry.status |= SEEN_REPLY
         if proto == TCP:
-            new = _TCP_TABLE[direction][_CLASS_OF_FLAGS[flags & 0xFF]][entry.state]
-            if new == _IV:
-                return False
-            if new != _IG:
-                if new == ESTABLISHED and entry.state != ESTABLISHED and entry.status & SEEN_REPLY:
+            verdict = self._tcp_packet(entry, direction, flags, now)
+        elif proto == UDP:
+            self._udp_packet(entry, direction, now)
+            verdict = True
+        else:
+            if entry.status & SEEN_REPLY or direction == REPLY:
+                entry.state = ESTABLISHED
+                if direction == ORIGINAL:
                     entry.status |= ASSURED
-                entry.state = new
-        elif entry.status & SEEN_REPLY:
-            entry.state = ESTABLISHED
-            if direction == ORIGINAL:
-                entry.status |= ASSURED
-        entry.expires = now + self._timeout(proto, entry.state, bool(entry.status & SEEN_REPLY))
+            replied = bool(entry.status & SEEN_REPLY) or direction == REPLY
+            entry.expires = now + self._timeout(proto, entry.state, replied)
+            verdict = True
+        if verdict and direction == REPLY:
+            entry.status |= SEEN_REPLY
+        return verdict
+
+    def track(self, flow: Flow, flags: int, now: float) -> tuple[CtEntry, int, bool] | None:
+        """`lookup` and `update` in one: the entry, the packet's direction and
+        whether conntrack accepted it; None when the packet has no entry (or
+        reopened a closed one, which is gone now)."""
+        hit = self.lookup(flow, now)
+        if hit is None:
+            return None
+        valid = self.update(hit[0], hit[1], flags, now)
+        return None if valid is None else (hit[0], hit[1], valid)
+
+    def _tcp_packet(self, entry: CtEntry, direction: int, flags: int, now: float) -> bool | None:
+        """nf_conntrack_tcp_packet (nf_conntrack_proto_tcp.c), without the
+        sequence and window checks (packets here carry no sequence numbers,
+        so every segment is in window)."""
+        index = _CLASS_OF_FLAGS[flags & 0xFF]
+        old = entry.state
+        new = _TCP_TABLE[direction][index][old]
+        if new == SYN_SENT and old >= TIME_WAIT:
+            # A SYN on a closed or aborted connection reopens it: kill the entry
+            # and look the packet up again (-NF_REPEAT), if a FIN closed it or
+            # this side's last packet was a RST; otherwise it is ignored.
+            if entry.closing or entry.last_rst == direction + 1:
+                self._remove(entry)
+                return None
+            new = _IG
+        if new == _IG:  # accepted as it is: no state change, the timer not renewed
+            entry.last_rst = 0
+            return True
+        if new == _IV:
+            return False
+        entry.last_rst = direction + 1 if index == _RST else 0
+        entry.state = new
+        if new == FIN_WAIT and old != FIN_WAIT:
+            entry.closing = True
+        t = self.timeouts
+        timeout = t.tcp[CLOSE] if index == _RST else t.tcp[new]
+        if not entry.status & SEEN_REPLY:
+            if index == _RST:  # the only answer was a RST: not a connection at all
+                self._remove(entry)
+                return True
+            if index == _SYN and old == SYN_SENT:  # a retransmitted SYN does not renew the timer
+                return True
+            if new == ESTABLISHED:  # picked up mid-stream: not the long ESTABLISHED timeout yet
+                timeout = min(timeout, t.tcp_unacknowledged)
+        elif not entry.status & ASSURED and old in (SYN_RECV, ESTABLISHED) and new == ESTABLISHED:
+            entry.status |= ASSURED
+        entry.expires = now + timeout
         return True
+
+    def _udp_packet(self, entry: CtEntry, direction: int, now: float) -> None:
+        """nf_conntrack_udp_packet: 30 s while unanswered or young; a flow
+        answered and still sending 2 s after it began is a stream: 120 s and
+        ASSURED."""
+        t = self.timeouts
+        if entry.status & SEEN_REPLY:
+            entry.state = ESTABLISHED
+            if now > entry.born + 2.0:
+                entry.expires = now + t.udp_replied
+                entry.status |= ASSURED
+                return
+        elif direction == REPLY:
+            entry.state = ESTABLISHED
+        entry.expires = now + t.udp_unreplied
 
     def _timeout(self, proto: int, state: int, replied: bool) -> float:
         t = self.timeouts

@@ -18,7 +18,7 @@ from itertools import chain as chain_lists
 from typing import TYPE_CHECKING, Any
 
 from netem.addr import int_to_ip
-from netem.conntrack import KERNEL_TIMEOUTS, Conntrack
+from netem.conntrack import Conntrack, kube_proxy_timeouts
 from netem.errors import RulesetError, UsageError, Where
 from netem.gcpause import paused_gc
 from netem.packet import SCTP, UDP, Packet
@@ -69,13 +69,7 @@ class IptablesMode:
         if fresh:
             text = rules.node_text(rendered.full, self._localhost())
             tables = syntax.restore(None, text, "kube-proxy", cache=self.cache)
-            cfg = view.config
-            timeouts = KERNEL_TIMEOUTS.with_kube_proxy(
-                cfg.conntrack_tcp_established,
-                cfg.conntrack_tcp_close_wait,
-                cfg.conntrack_udp or None,
-                cfg.conntrack_udp_stream or None,
-            )
+            timeouts = kube_proxy_timeouts(view.config)
             self.nf = Netfilter(tables, view.node_ips, rng=self.rng, conntrack=Conntrack(timeouts), labels=self.labels)
         elif rendered.partial:
             self._apply_partial(rendered)

@@ -45,8 +45,8 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from netem.addr import MAX, int_to_ip
+from netem.conntrack import ASSURED, ORIGINAL, REPLY, SEEN_REPLY, Conntrack, CtEntry, FlowCache, tcp_next_state
 from netem.conntrack import ESTABLISHED as TCP_ESTABLISHED
-from netem.conntrack import ORIGINAL, REPLY, SEEN_REPLY, Conntrack, CtEntry, FlowCache, tcp_next_state
 from netem.gcpause import paused_gc
 from netem.packet import ACK, TCP, Packet, format_flow, proto_name
 from proxy_modes.base import Decision, Reach, Step, Verdict, probability_text
@@ -380,16 +380,22 @@ class Netfilter:
         entry = self._ct_get(flow)
         if entry is not None and entry.expires > now:
             direction = ORIGINAL if entry.orig == flow else REPLY
-            if entry.state == TCP_ESTABLISHED and packet.flags == ACK and packet.proto == TCP:
+            if (
+                entry.state == TCP_ESTABLISHED
+                and packet.flags == ACK
+                and entry.status & _REPLIED_ASSURED == _REPLIED_ASSURED
+                and packet.proto == TCP
+            ):
                 # Conntrack.update for the commonest packet, inlined: an ACK
-                # keeps an established TCP connection established and
-                # refreshes its timer (tcp_conntracks[dir][ack][ESTABLISHED]).
+                # keeps an established, answered, assured TCP connection as it
+                # is and refreshes its timer (tcp_conntracks[dir][ack][ESTABLISHED]).
                 entry.expires = now + self._tcp_established_timeout
-                if direction == REPLY:
-                    entry.status |= SEEN_REPLY
                 valid = True
             else:
-                valid = self.conntrack.update(entry, direction, packet.flags, now)
+                checked = self.conntrack.update(entry, direction, packet.flags, now)
+                if checked is None:  # a SYN reopening a closed connection: the first packet of a new one
+                    return self._first(packet, now, flow)
+                valid = checked
             flow_cache = entry.data
             if valid and type(flow_cache) is FlowCache:
                 # A later packet whose filter walk was seen before: its decision, as it was.
@@ -402,12 +408,15 @@ class Netfilter:
                     and cached[3] == packet.local
                 ):
                     return cached[4]
-            return self._established(packet, now, entry, direction, None, valid)
+            return self._established(packet, now, entry, direction, valid, None)
         if entry is not None:
-            hit = self.conntrack.lookup(flow, now)
-            if hit is not None:  # (expired: lookup removed it)
-                valid = self.conntrack.update(hit[0], hit[1], packet.flags, now)
-                return self._established(packet, now, hit[0], hit[1], None, valid)
+            tracked = self.conntrack.track(flow, packet.flags, now)
+            if tracked is not None:  # (expired: lookup removed it)
+                return self._established(packet, now, *tracked, None)
+        return self._first(packet, now, flow)
+
+    def _first(self, packet: Packet, now: float, flow: tuple[int, ...]) -> Decision:
+        """A packet without a conntrack entry: it may open a connection."""
         if packet.local or self.literal or (packet.proto == TCP and _OPENS[packet.flags & 0xFF] is False):
             st = self.new_state(packet, now)
             return self._decide(st, self._first_packet(st), packet)
@@ -459,10 +468,9 @@ class Netfilter:
         connection could reach (computed before the packet changes any state)."""
         steps: list[Step] = []
         flow = packet[:5]
-        hit = self.conntrack.lookup(flow, now)
-        if hit is not None:
-            valid = self.conntrack.update(hit[0], hit[1], packet.flags, now)
-            decision = self._established(packet, now, hit[0], hit[1], steps, valid)
+        tracked = self.conntrack.track(flow, packet.flags, now)
+        if tracked is not None:
+            decision = self._established(packet, now, *tracked, steps)
             return EngineTrace(decision, steps, [], None)
         reach = self.reach(packet, now)
         steps.append(Step("conntrack", f"conntrack: no entry for {format_flow(flow)}: a new connection"))
@@ -757,7 +765,7 @@ class Netfilter:
     # --- later packets ----------------------------------------------------------------
 
     def _established(
-        self, packet: Packet, now: float, entry: CtEntry, direction: int, steps: list[Step] | None, valid: bool
+        self, packet: Packet, now: float, entry: CtEntry, direction: int, valid: bool, steps: list[Step] | None
     ) -> Decision:
         """A packet of a known connection (already accounted in conntrack:
         `valid` says how): NAT from the entry, filter from the rules. The
@@ -765,8 +773,8 @@ class Netfilter:
         status and the packet's interface are the same and the walk touched
         nothing random or stateful (then the walk would give it again)."""
         if not valid:
-            ctstate = CT_INVALID
-        elif direction == REPLY or entry.status & SEEN_REPLY:
+            return self._invalid(packet, now, entry, direction, steps)
+        if direction == REPLY or entry.status & SEEN_REPLY:
             ctstate = CT_ESTABLISHED
         else:
             ctstate = CT_NEW
@@ -804,6 +812,24 @@ class Netfilter:
             else:
                 flow.reply = key
         return decision
+
+    def _invalid(
+        self, packet: Packet, now: float, entry: CtEntry, direction: int, steps: list[Step] | None
+    ) -> Decision:
+        """A packet conntrack found INVALID for its connection: nf_conntrack_in
+        drops the packet's reference to the entry, so it goes on as an
+        untracked packet would, `ctstate INVALID`, and no NAT is done for it
+        (the nat hooks find no conntrack)."""
+        if steps is not None:
+            steps.append(
+                Step(
+                    "conntrack",
+                    f"conntrack: INVALID for the connection {format_flow(entry.orig)}: no NAT, ctstate INVALID",
+                )
+            )
+        st = self.new_state(packet, now)
+        st.ctstate, st.steps = CT_INVALID, steps
+        return self._decision(st, self._first_packet(st))
 
     def _later_packet(self, st: PacketState, entry: CtEntry, direction: int) -> int:
         """The hooks of a tracked packet; conntrack does the NAT where the nat table would."""
@@ -869,6 +895,7 @@ class Netfilter:
 # Whether a TCP segment with these flags can open a connection (conntrack's
 # table from NONE); one that cannot is INVALID and skips the nat table.
 _OPENS = tuple(tcp_next_state(ORIGINAL, flags, 0) < 10 for flags in range(256))
+_REPLIED_ASSURED = SEEN_REPLY | ASSURED
 _NAT_AND_REPLY = SEEN_REPLY | 0x10 | 0x20  # the status bits a later packet's filter walk depends on
 
 

@@ -42,7 +42,17 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from netem.addr import int_to_ip
-from netem.conntrack import INVALID, NONE, ORIGINAL, SEEN_REPLY, Conntrack, CtEntry, FlowCache, tcp_next_state
+from netem.conntrack import (
+    INVALID,
+    NONE,
+    ORIGINAL,
+    SEEN_REPLY,
+    Conntrack,
+    CtEntry,
+    FlowCache,
+    kube_proxy_timeouts,
+    tcp_next_state,
+)
 from netem.errors import RulesetError, UsageError, Where
 from netem.packet import TCP, UDP, Packet, proto_name
 
@@ -716,7 +726,7 @@ def tracked_ctstate(entry: CtEntry, direction: int, valid: bool) -> int:
 _CTSTATE_TEXT = {
     CT_ESTABLISHED: "established; nat chains are not consulted again",
     CT_NEW: "new (no reply seen yet); nat chains are not consulted again",
-    CT_INVALID: "invalid",
+    CT_INVALID: "invalid: the packet goes on without it (no NAT)",
 }
 
 
@@ -1045,21 +1055,25 @@ class Engine:
             self.fast[(key[1], key[3], key[2])] = False
 
     def route(self, packet: Packet, now: float) -> Decision:
-        hit = self.conntrack.lookup(packet[:5], now)
-        if hit is not None:
-            return self.route_established(packet, hit, now)
+        tracked = self.conntrack.track(packet[:5], packet.flags, now)
+        if tracked is not None:
+            return self.route_established(packet, tracked, now)
         out = self.decide(packet, now)
         if out.new:
             self.commit_new(packet, out, now)
         return out.decision
 
-    def route_established(self, packet: Packet, hit: tuple[CtEntry, int], now: float) -> Decision:
+    def route_established(self, packet: Packet, tracked: tuple[CtEntry, int, bool], now: float) -> Decision:
         """A packet of a tracked connection. Its plan is shared by every
         connection to the same service address whose binding has the same
         shape (DNAT or not, masquerade or not, to this host or not); the
         addresses the binding gives stay unknown to it (Walk.apply_binding)."""
-        entry, direction = hit
-        ctstate = tracked_ctstate(entry, direction, self.conntrack.update(entry, direction, packet.flags, now))
+        entry, direction, valid = tracked
+        if not valid:
+            # INVALID for its connection: nf_conntrack_in drops the packet's
+            # conntrack, so no NAT is done for it; `ct state invalid`.
+            return self.walk(packet, now, CT_INVALID)[0].decision
+        ctstate = tracked_ctstate(entry, direction, valid)
         memo = entry.data
         if memo.__class__ is FlowCache:
             seen = memo.orig if direction == ORIGINAL else memo.reply
@@ -1181,6 +1195,7 @@ class NftablesMode:
         eng = self.engine
         eng.local = LocalAddresses(frozenset(view.node_ips))
         eng.masq_ip = view.node_ip
+        eng.conntrack.timeouts = kube_proxy_timeouts(view.config)
         eng.reset(self.syncer.table, same_base_chains=result.partial)
         clean_stale_udp(eng.conntrack, view)
         return Ruleset(result.text, self.syncer.rules, result.partial, result.changed)
@@ -1207,8 +1222,8 @@ class NftablesMode:
     def trace(self, packet: Packet, now: float) -> Trace:
         eng = self.engine
         steps: list[Step] = []
-        hit = eng.conntrack.lookup(packet[:5], now)
-        if hit is None:
+        tracked = eng.conntrack.track(packet[:5], packet.flags, now)
+        if tracked is None:
             ctstate = CT_NEW
             if packet.proto == TCP and tcp_next_state(ORIGINAL, packet.flags, NONE) >= INVALID:
                 ctstate = CT_INVALID
@@ -1222,8 +1237,7 @@ class NftablesMode:
             if ctstate == CT_NEW:
                 eng.commit_new(packet, out, now)
         else:
-            entry, direction = hit
-            ok = eng.conntrack.update(entry, direction, packet.flags, now)
+            entry, direction, ok = tracked
             ctstate = tracked_ctstate(entry, direction, ok)
             which = "original" if direction == ORIGINAL else "reply"
             binding = f", DNAT to {int_to_ip(entry.dnat[0])}:{entry.dnat[1]}" if entry.dnat else ""
@@ -1233,7 +1247,9 @@ class NftablesMode:
                     f"conntrack entry found ({which} direction{binding}): ct state " + _CTSTATE_TEXT[ctstate],
                 )
             )
-            out, walk = eng.walk(packet, now, ctstate, entry, direction, steps=steps)
+            # INVALID: the packet leaves conntrack without its entry (no NAT).
+            tracked_entry = entry if ok else None
+            out, walk = eng.walk(packet, now, ctstate, tracked_entry, direction, steps=steps)
             reach = []
         return Trace(self.name, packet, out.decision, reach, steps, walk.affinity)
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from netem.addr import int_to_ip
-from netem.conntrack import ORIGINAL, SEEN_REPLY, Conntrack, CtEntry, Timeouts, tcp_next_state
+from netem.conntrack import ORIGINAL, SEEN_REPLY, Conntrack, CtEntry, kube_proxy_timeouts, tcp_next_state
 from netem.errors import UsageError
 from netem.packet import TCP, UDP, Packet, proto_name
 from proxy_modes.base import Decision, Reach, Ruleset, Step, Trace, Verdict
@@ -305,9 +305,7 @@ class UserspaceMode:
         self.udp_idle_timeout = cfg.udp_idle_timeout
         self.node_ips = frozenset(view.node_ips)
         self.node_ip = view.node_ip
-        self.conntrack.timeouts = Timeouts().with_kube_proxy(
-            cfg.conntrack_tcp_established, cfg.conntrack_tcp_close_wait, cfg.conntrack_udp, cfg.conntrack_udp_stream
-        )
+        self.conntrack.timeouts = kube_proxy_timeouts(cfg)
         infos = {info.name: info for info in view.service_ports() if info.protocol in (TCP, UDP)}
         endpoints = {name: [(ep.ip, ep.port) for ep in view.endpoints(name) if ep.ready] for name in infos}
         if not self._synced:
@@ -482,9 +480,9 @@ class UserspaceMode:
         return self._route(packet, now, None)
 
     def _route(self, packet: Packet, now: float, steps: list[Step] | None) -> Decision:
-        hit = self.conntrack.lookup(packet[:5], now)
-        if hit is not None:
-            return self._established(packet, now, hit, steps)
+        tracked = self.conntrack.track(packet[:5], packet.flags, now)
+        if tracked is not None:
+            return self._established(packet, now, tracked, steps)
         proto = packet.proto
         if proto == TCP and not OPENS[packet.flags & 0xFF]:
             # conntrack calls it INVALID and opens no entry: no nat table, no portal.
@@ -515,11 +513,20 @@ class UserspaceMode:
         # here that is the node's address (a pod bridge would give its own).
         return (rule.to_ip or self.host_ip, rule.to_port)
 
-    def _established(self, packet: Packet, now: float, hit: tuple[CtEntry, int], steps: list[Step] | None) -> Decision:
-        entry, direction = hit
-        valid = self.conntrack.update(entry, direction, packet.flags, now)
+    def _established(
+        self, packet: Packet, now: float, tracked: tuple[CtEntry, int, bool], steps: list[Step] | None
+    ) -> Decision:
+        entry, direction, valid = tracked
+        if not valid:
+            # INVALID for its connection: the packet leaves conntrack without
+            # the entry, so no REDIRECT either; it goes on as it was sent.
+            if steps is not None:
+                steps.append(Step("conntrack", "conntrack: INVALID for its connection: not redirected"))
+            return Decision(
+                Verdict.ACCEPT, rules=self._input_cost(packet.proto, packet.dst, packet.dport, False), lookups=1
+            )
         if direction == ORIGINAL:  # filter INPUT at the proxy port: NEW until the proxy answered
-            new = valid and not entry.status & SEEN_REPLY
+            new = not entry.status & SEEN_REPLY
             cost = self._input_cost(entry.orig[0], entry.reply[1], entry.reply[2], new)
         else:  # kube-proxy's reply, back to the client (filter INPUT when the client is the node)
             cost = self._input_cost(entry.orig[0], entry.orig[1], entry.orig[2], False)

@@ -21,7 +21,7 @@ from nft_helpers import Port, Svc, config, view
 from kubenetem.stats import chi_square
 from netem.addr import parse_ip
 from netem.netns import Host, Topology
-from netem.packet import ACK, Packet, proto_number
+from netem.packet import ACK, RST, SYN, Packet, proto_number
 from proxy_modes.base import Ruleset, Verdict
 from proxy_modes.nftables.engine import NftablesMode, load_table
 
@@ -236,7 +236,10 @@ def test_established_connections_survive_a_rules_change(lab: Lab) -> None:
     # The engine: connections from the same source ports, pinned by its own choices.
     src = parse_ip(CLIENT)
     for port in range(41000, sport):
-        engine_pinned[port] = lab.mode.route(Packet(6, src, port, parse_ip("172.30.0.41"), 80), 1.0).endpoint
+        pinned = lab.mode.route(Packet(6, src, port, parse_ip("172.30.0.41"), 80), 1.0).endpoint
+        assert pinned is not None
+        lab.mode.route(Packet(6, *pinned, src, port, flags=SYN | ACK), 1.0)  # the pod answers
+        engine_pinned[port] = pinned
     web = lab.services[0]
     web.endpoints = [e for e in web.endpoints if e[0] != PODS["pod-a"]]
     result = lab.sync()
@@ -283,3 +286,31 @@ def test_a_later_packet_before_any_reply_is_still_ct_state_new(lab: Lab) -> None
     assert lab.outside.connect("1.2.3.5", 53, "udp", src=OUTSIDE, sport=43000, timeout=0.5).status == "timeout"
     again = lab.mode.route(datagram, 2.0)
     assert again.established and again.verdict is Verdict.DROP
+
+
+def test_a_syn_on_a_reset_connection_is_a_new_connection(lab: Lab) -> None:
+    """The client resets its connection (our harness closes with RST) and
+    connects again from the same source port within CLOSE's 10 s: the kernel
+    kills the old entry and balances the SYN afresh (nf_conntrack_tcp_packet,
+    SYN on a CLOSE entry whose last packet in that direction was a RST), so a
+    pod removed meanwhile is not reached, and the engine agrees."""
+    src, vip, sport = parse_ip(CLIENT), parse_ip("172.30.0.41"), 44000
+    first = lab.client.connect("172.30.0.41", 80, sport=sport)
+    assert first.status == "ok"
+    pod = parse_ip(PODS[first.ident])
+    # The engine, the same packets: handshake, then the client's RST.
+    d = lab.mode.route(Packet(6, src, sport, vip, 80, flags=SYN), 1.0)
+    assert d.endpoint is not None
+    lab.mode.route(Packet(6, *d.endpoint, src, sport, flags=SYN | ACK), 1.0)
+    lab.mode.route(Packet(6, src, sport, vip, 80, flags=ACK), 1.0)
+    lab.mode.route(Packet(6, src, sport, vip, 80, flags=RST), 1.1)
+    web = lab.services[0]
+    gone = [e for e in web.endpoints if parse_ip(e[0]) in (pod, d.endpoint[0])]
+    web.endpoints = [e for e in web.endpoints if e not in gone]
+    lab.node.run(["nft", "-f", "-"], input=lab.sync().text)
+    left = {name for name, ip in PODS.items() if ip in {e[0] for e in web.endpoints}}
+    again = lab.client.connect("172.30.0.41", 80, sport=sport)
+    assert again.status == "ok" and again.ident in left
+    reopened = lab.mode.route(Packet(6, src, sport, vip, 80, flags=SYN), 2.0)
+    assert not reopened.established and reopened.endpoint is not None
+    assert reopened.endpoint[0] in {parse_ip(e[0]) for e in web.endpoints}

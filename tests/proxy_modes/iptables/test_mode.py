@@ -12,7 +12,7 @@ from kn_iptables_views import ep, port, state, view
 
 from kubenetem.cli import main
 from netem.addr import parse_ip
-from netem.packet import TCP, UDP, Packet
+from netem.packet import ACK, FIN, RST, SYN, TCP, UDP, Packet
 from proxy_modes import registry
 from proxy_modes.base import ProxyMode, Verdict
 from proxy_modes.iptables.engine import IptablesMode
@@ -126,3 +126,34 @@ def test_decisions_name_the_service_and_count_the_walk() -> None:
     matched = sum(1 for s in trace.steps if s.kind == "rule")
     passed = sum(s.detail.get("unmatched", 0) for s in trace.steps)
     assert trace.decision.rules == matched + passed > 5
+
+
+@pytest.mark.parametrize("close", ["fin", "client rst"])
+def test_a_syn_reopening_a_closed_connection_is_balanced_afresh(close: str) -> None:
+    """nf_conntrack_tcp_packet: a SYN on a TIME_WAIT/CLOSE entry closed by a
+    FIN, or reset by this side, kills it and is looked up again: a new
+    connection, through the nat table, so an endpoint removed meanwhile is
+    not reached (kept in place, the old DNAT would still send it there)."""
+    svc = port("ns", "web", "172.30.0.11", 80, "web")
+    mode = IptablesMode(random.Random(3))
+    mode.sync(view(state((svc, [ep("10.180.0.3", 80)]))))
+    client, vip = parse_ip("10.0.0.9"), parse_ip("172.30.0.11")
+
+    def client_sends(flags: int, now: float) -> None:
+        mode.route(Packet(TCP, client, 5001, vip, 80, flags=flags), now)
+
+    def pod_sends(flags: int, now: float) -> None:
+        mode.route(Packet(TCP, parse_ip("10.180.0.3"), 80, client, 5001, flags=flags), now)
+
+    client_sends(SYN, 0.0)
+    pod_sends(SYN | ACK, 0.1)
+    client_sends(ACK, 0.2)
+    if close == "fin":
+        client_sends(FIN | ACK, 0.3)
+        pod_sends(FIN | ACK, 0.4)
+        client_sends(ACK, 0.5)
+    else:
+        client_sends(RST, 0.5)
+    mode.sync(view(state((svc, [ep("10.180.0.4", 80)]))))
+    again = mode.route(Packet(TCP, client, 5001, vip, 80, flags=SYN), 1.0)
+    assert not again.established and again.endpoint == (parse_ip("10.180.0.4"), 80)

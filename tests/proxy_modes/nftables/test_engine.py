@@ -33,7 +33,7 @@ from nft_helpers import (
 
 from kubenetem.stats import chi_square
 from netem.addr import parse_ip
-from netem.conntrack import INVALID, NONE, ORIGINAL, FlowCache, tcp_next_state
+from netem.conntrack import CLOSE_WAIT, INVALID, NONE, ORIGINAL, FlowCache, tcp_next_state
 from netem.errors import RulesetError
 from netem.packet import ACK, FIN, SYN, TCP, UDP, Packet
 from proxy_modes.base import Verdict
@@ -354,6 +354,8 @@ def test_cost_is_the_rules_and_lookups_of_the_walk() -> None:
     # cluster-ips-check 2; postrouting: nat-postrouting 1 + masquerading 1.
     assert (d.rules, d.lookups) == (15, 6)
     # firewall-ips, service-ips, numgen, no-endpoint-services, @cluster-ips, conntrack.
+    assert d.endpoint is not None
+    m.route(Packet(TCP, *d.endpoint, parse_ip("10.0.0.2"), 1000, flags=SYN | ACK), 0.05)
     again = m.route(packet("10.0.0.2", 1000, "172.30.0.41", 80, flags=ACK), 0.1)
     assert again.established and again.endpoint == d.endpoint and (again.rules, again.lookups) == (3, 1)
     dropped = m.route(packet("10.0.0.2", 1001, "172.30.0.99", 80), 0.2)
@@ -412,6 +414,10 @@ def test_established_connections_survive_a_rules_change() -> None:
         ports["dns"] = 80
     m.sync(view([svc]))
     before = {p: m.route(p, 1.0).endpoint for p in tcp + udp}
+    for p in tcp:  # each handshake answered, so later ACKs are valid
+        ep = before[p]
+        assert ep is not None
+        m.route(Packet(TCP, *ep, p.src, p.sport, flags=SYN | ACK), 1.0)
     gone = (parse_ip("10.180.0.1"), 80)
     assert gone in before.values()
     # The endpoint 10.180.0.1 goes away.
@@ -679,3 +685,16 @@ def test_established_decisions_are_remembered_only_while_they_cannot_change() ->
     # ... and forgotten with a new table (as a sync installs it: conntrack kept).
     m.engine.reset(engine.load_table(plain.replace("10.0.0.9", "10.0.0.8"), "plain.nft"))
     assert m.route(other, 12.3).verdict is Verdict.DNAT
+
+
+def test_conntrack_timeouts_are_kube_proxys() -> None:
+    """setupConntrack (cmd/kube-proxy/app/server_linux.go) sets the same
+    sysctls whatever the mode: 24 h established, 1 h close-wait."""
+    m = mode([three_endpoints()])
+    d = m.route(packet("10.0.0.2", 1000, "172.30.0.41", 80), 0.0)
+    assert d.endpoint is not None
+    m.route(Packet(TCP, *d.endpoint, parse_ip("10.0.0.2"), 1000, flags=SYN | ACK), 0.0)
+    m.route(packet("10.0.0.2", 1000, "172.30.0.41", 80, flags=ACK), 1.0)
+    entry = m.conntrack.lookup(packet("10.0.0.2", 1000, "172.30.0.41", 80)[:5], 1.0)
+    assert entry is not None and entry[0].expires == 1.0 + 86400
+    assert m.conntrack.timeouts.tcp[CLOSE_WAIT] == 3600
