@@ -773,7 +773,7 @@ class Netfilter:
         status and the packet's interface are the same and the walk touched
         nothing random or stateful (then the walk would give it again)."""
         if not valid:
-            return self._invalid(packet, now, entry, direction, steps)
+            return self._invalid(packet, now, entry, steps)
         if direction == REPLY or entry.status & SEEN_REPLY:
             ctstate = CT_ESTABLISHED
         else:
@@ -813,9 +813,7 @@ class Netfilter:
                 flow.reply = key
         return decision
 
-    def _invalid(
-        self, packet: Packet, now: float, entry: CtEntry, direction: int, steps: list[Step] | None
-    ) -> Decision:
+    def _invalid(self, packet: Packet, now: float, entry: CtEntry, steps: list[Step] | None) -> Decision:
         """A packet conntrack found INVALID for its connection: nf_conntrack_in
         drops the packet's reference to the entry, so it goes on as an
         untracked packet would, `ctstate INVALID`, and no NAT is done for it
