@@ -157,3 +157,18 @@ def test_a_syn_reopening_a_closed_connection_is_balanced_afresh(close: str) -> N
     mode.sync(view(state((svc, [ep("10.180.0.4", 80)]))))
     again = mode.route(Packet(TCP, client, 5001, vip, 80, flags=SYN), 1.0)
     assert not again.established and again.endpoint == (parse_ip("10.180.0.4"), 80)
+
+
+def test_a_packet_conntrack_finds_invalid_is_not_translated() -> None:
+    """nf_conntrack_in drops an INVALID packet's conntrack reference: no NAT
+    for it, `ctstate INVALID`, and KUBE-FORWARD drops it (an ACK before the
+    SYN/ACK is invalid in SYN_SENT)."""
+    svc = port("ns", "web", "172.30.0.11", 80, "web")
+    mode = IptablesMode(random.Random(3))
+    mode.sync(view(state((svc, [ep("10.180.0.3", 80)]))))
+    client, vip = parse_ip("10.0.0.9"), parse_ip("172.30.0.11")
+    assert mode.route(Packet(TCP, client, 5001, vip, 80, flags=SYN), 0.0).verdict is Verdict.DNAT
+    early = mode.route(Packet(TCP, client, 5001, vip, 80, flags=ACK), 0.1)
+    assert early.verdict is Verdict.DROP and early.endpoint is None and not early.established
+    trace = mode.trace(Packet(TCP, client, 5001, vip, 80, flags=ACK), 0.2)
+    assert any("INVALID" in s.text for s in trace.steps if s.kind == "conntrack")
