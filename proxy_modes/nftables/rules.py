@@ -264,12 +264,15 @@ def base_table(s: NodeSettings) -> Table:
     return t
 
 
+Element = tuple["VerdictT | None", "str | None"]  # a set or map element's value: (verdict, comment)
+
+
 @dataclass(slots=True)
 class Owned:
     """What one Service contributed to the table."""
 
     chains: list[str] = field(default_factory=list)
-    elements: dict[tuple[str, Key], tuple[VerdictT | None, str | None]] = field(default_factory=dict)
+    elements: dict[tuple[str, Key], Element] = field(default_factory=dict)
     affinity_sets: list[str] = field(default_factory=list)
 
 
@@ -401,12 +404,16 @@ class ServiceWriter:
         if affinity:
             for ep in cat.all_reachable:
                 set_name = "affinity-" + ep_chains[ep.text][len("endpoint-") :]
-                # `add set` of an existing set changes nothing: its members
-                # (the kernel's affinity state) survive a resync.
-                if set_name not in self.t.sets:
+                # syncProxyRules adds the set on every sync of the Service:
+                # `add set` over an existing one keeps its members (the kernel's
+                # affinity state) and takes the timeout given.
+                nset = self.t.sets.get(set_name)
+                if nset is None:
                     self.t.sets[set_name] = NftSet(
                         set_name, ("ipv4_addr",), flags=("dynamic", "timeout"), timeout=float(info.sticky_seconds)
                     )
+                else:
+                    nset.timeout = float(info.sticky_seconds)
                 self.owned.affinity_sets.append(set_name)
         if uses_cluster:
             self.endpoint_rules(cluster_chain, cat.cluster, ep_chains, affinity)
@@ -459,6 +466,10 @@ class Syncer:
         self.settings: NodeSettings | None = None
         self.view: NodeView | None = None
         self.owned: dict[NamespacedName, Owned] = {}
+        # Who wrote each set or map element: one Service, or a list when
+        # Services share it (nothing in the API forbids two Services the same
+        # externalIP and port), so an element goes only when nobody claims it.
+        self.owners: dict[tuple[str, Key], NamespacedName | list[NamespacedName]] = {}
         self.stale_chains: set[str] = set()
         self.rules = 0  # rules in the table, kept up to date by partial syncs
 
@@ -482,6 +493,9 @@ class Syncer:
                 owned[name] = write_service(table, settings, view, entry)
             preamble, stale = self._replacing(old, table, owned)
             self.table, self.settings, self.view, self.owned = table, settings, view, owned
+            self.owners = {}
+            for name, o in owned.items():
+                self._claim(name, o)
             self.stale_chains = stale
             self.rules = table.rule_count()
             text = preamble + dump_commands(table)
@@ -525,14 +539,25 @@ class Syncer:
                 out.append(f"delete chain {prefix} {chain}")
         self.stale_chains = set()
         changes = diff_states(self.view.state, view.state)
-        deletions: list[str] = []
+        # What the kernel holds for every key the changes touch (None: nothing),
+        # and what the changed Services write now.
+        before: dict[tuple[str, Key], Element | None] = {}
+        after: dict[tuple[str, Key], Element] = {}
         for name, (_, entry) in sorted(changes.items()):
             old = self.owned.pop(name, Owned())
+            for k, element in old.elements.items():
+                before.setdefault(k, self._held(k, element))
+            self._release(name, old)
             self.rules -= sum(len(t.chains[c].rules) for c in old.chains if c in t.chains)
             new = Owned() if entry is None else write_service(t, self.settings, view, entry)
             self.rules += sum(len(t.chains[c].rules) for c in new.chains)
+            for k in new.elements:
+                if k not in before:
+                    before[k] = self._holder_element(k)
             if entry is not None:
                 self.owned[name] = new
+                self._claim(name, new)
+            after.update(new.elements)
             out += self._emit_service(old, new)
             for chain in old.chains:
                 if chain not in new.chains and chain in t.chains:
@@ -543,25 +568,94 @@ class Syncer:
                 if set_name not in new.affinity_sets and set_name in t.sets:
                     del t.sets[set_name]
                     out.append(f"delete set {prefix} {set_name}")
-            for (set_name, key), _ in old.elements.items():
-                # Keys belong to one Service (the API server keeps service
-                # addresses and ports unique), so no other owner can hold it.
-                if (set_name, key) in new.elements:
-                    continue
-                nset = t.sets[set_name]
-                (nset.verdicts if nset.is_map else nset.members).pop(key, None)
-                nset.comments.pop(key, None)
-                deletions.append(f"delete element {prefix} {set_name} {{ {format_key(nset.fields, key)} }}")
         self.view = view
-        return SyncResult("".join(line + "\n" for line in out + deletions), True, len(changes))
+        return SyncResult("".join(line + "\n" for line in out + self._elements(before, after)), True, len(changes))
+
+    def _held(self, key: tuple[str, Key], element: Element) -> Element:
+        """The element the kernel holds for a key (a shared key holds the
+        value of whichever owner wrote it last)."""
+        nset = self.table.sets[key[0]]
+        if not nset.is_map:
+            return element
+        return (nset.verdicts.get(key[1]), nset.comments.get(key[1]))
+
+    def _holder_element(self, key: tuple[str, Key]) -> Element | None:
+        """The element another Service holds for a key (None: nobody)."""
+        owner = self.owners.get(key)
+        if owner is None:
+            return None
+        return self.owned[min(owner) if isinstance(owner, list) else owner].elements[key]
+
+    def _elements(
+        self, before: dict[tuple[str, Key], Element | None], after: dict[tuple[str, Key], Element]
+    ) -> list[str]:
+        """The element part of a partial transaction, as ensureElem and
+        cleanupLeftoverKeys write it: a map element whose value changes is
+        deleted before it is added again (also when it passes from one
+        Service to another), and a key nobody claims any more is deleted at
+        the end. A key still claimed by a Service that did not change keeps
+        that Service's element."""
+        t = self.table
+        prefix = f"{FAMILY} {TABLE}"
+        for k in before:
+            if k not in after:
+                kept = self._holder_element(k)
+                if kept is not None:
+                    after[k] = kept
+        out: list[str] = []
+        leftovers: list[str] = []
+        for (set_name, key), element in after.items():
+            nset = t.sets[set_name]
+            verdict, comment = element
+            if nset.is_map:
+                nset.verdicts[key] = verdict  # type: ignore[assignment]
+            else:
+                nset.members[key] = None
+            if comment is not None:
+                nset.comments[key] = comment
+            held = before.get((set_name, key))
+            if held == element or (held is not None and not nset.is_map):
+                continue
+            if held is not None:
+                out.append(f"delete element {prefix} {set_name} {{ {format_key(nset.fields, key)} }}")
+            out.append(f"add element {prefix} {set_name} {{ {element_text(nset, key)} }}")
+        for set_name, key in before:
+            if (set_name, key) in after:
+                continue
+            nset = t.sets[set_name]
+            (nset.verdicts if nset.is_map else nset.members).pop(key, None)
+            nset.comments.pop(key, None)
+            leftovers.append(f"delete element {prefix} {set_name} {{ {format_key(nset.fields, key)} }}")
+        return out + leftovers
+
+    def _claim(self, name: NamespacedName, owned: Owned) -> None:
+        owners = self.owners
+        for k in owned.elements:
+            held = owners.get(k)
+            if held is None:
+                owners[k] = name
+            elif isinstance(held, list):
+                held.append(name)
+            else:
+                owners[k] = [held, name]
+
+    def _release(self, name: NamespacedName, owned: Owned) -> None:
+        owners = self.owners
+        for k in owned.elements:
+            held = owners.get(k)
+            if held == name:
+                del owners[k]
+            elif isinstance(held, list) and name in held:
+                held.remove(name)
+                if len(held) == 1:
+                    owners[k] = held[0]
 
     def _emit_service(self, old: Owned, new: Owned) -> list[str]:
         t = self.table
         prefix = f"{FAMILY} {TABLE}"
         out: list[str] = []
         for set_name in new.affinity_sets:
-            if set_name not in old.affinity_sets:
-                out.append(set_decl(t, t.sets[set_name]))
+            out.append(set_decl(t, t.sets[set_name]))
         # Every chain exists before a rule refers to it (syncProxyRules
         # ensures the endpoint chains first, then writes the rules).
         for chain in new.chains:
@@ -569,15 +663,6 @@ class Syncer:
             out.append(f"flush chain {prefix} {chain}")
         for chain in new.chains:
             out += [f"add rule {prefix} {chain} {rule.text()}" for rule in t.chains[chain].rules]
-        for (set_name, key), value in new.elements.items():
-            before = old.elements.get((set_name, key))
-            if before == value:
-                continue
-            nset = t.sets[set_name]
-            if before is not None and nset.is_map:
-                out.append(f"delete element {prefix} {set_name} {{ {format_key(nset.fields, key)} }}")
-            if before is None or nset.is_map:
-                out.append(f"add element {prefix} {set_name} {{ {element_text(nset, key)} }}")
         return out
 
 

@@ -15,6 +15,7 @@ import os
 import random
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from nft_helpers import EXTERNAL_CLIENT, NODE_IP, NODE_IP_ALT, Port, Svc, config, signature, view
@@ -159,6 +160,17 @@ def test_partial_sync_transactions_apply_in_the_kernel(nft: Nft) -> None:
         lambda: services.pop(2),  # a service goes: its elements are deleted
         lambda: setattr(services[3], "endpoints", [("10.180.2.2", "", {"p80": 80})]),  # no endpoints -> some
         lambda: None,  # nothing changed: only the stale chains are deleted
+        lambda: setattr(services[1], "affinity_seconds", 100),
+        lambda: setattr(services[1], "affinity_seconds", 200),  # `add set` again: the new timeout
+        # A ClusterIP passes from one Service to another in one sync: the map
+        # element is deleted before it is added (the kernel refuses a second add).
+        lambda: services.append(replace(services.pop(-1), ns="ns0", name="moved")),
+        # Two Services share an externalIP and port; one goes, the other keeps it.
+        lambda: services.extend(
+            Svc(ns, ns, ip, [Port("p", 80)], external_ips=["192.168.99.7"], endpoints=[(ep, "", {"p": 80})])
+            for ns, ip, ep in (("shared-a", "172.30.0.60", "10.180.3.1"), ("shared-b", "172.30.0.61", "10.180.3.2"))
+        ),
+        lambda: services.pop(-2),
     ]
     for step in steps:
         step()
@@ -167,6 +179,13 @@ def test_partial_sync_transactions_apply_in_the_kernel(nft: Nft) -> None:
         if result.text:
             nft.load(result.text)
         assert signature(kernel_table(nft)) == signature(s.table)  # type: ignore[arg-type]
+    # Apart from the chains flushed for the next sync to delete, the table is
+    # the one a first sync of the same Services writes.
+    fresh = Syncer()
+    fresh.sync(view(services))
+    ours = signature(s.table)
+    ours["chains"] = {name: c for name, c in ours["chains"].items() if name in fresh.table.chains}  # type: ignore[attr-defined]
+    assert ours == signature(fresh.table)
     # The node's configuration changes: a full sync over the loaded table.
     result = s.sync(view(services, config(masquerade_all=True, node_port_addresses=["0.0.0.0/0"])))
     assert not result.partial
