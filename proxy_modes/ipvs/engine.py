@@ -18,13 +18,17 @@ Restated from net/netfilter/ipvs:
   At expiry the entry unbinds from its server (counters, OVERLOAD).
 - Persistence templates (ip_vs_sched_persist, ip_vs_check_template): keyed
   by (protocol, client address & netmask, VIP, port); each new connection
-  under it restarts its timer with the service timeout; a template that
-  expires while it still controls connections is re-armed for 60 s
-  (ip_vs_conn_expire); a template whose server is gone or quiesced (weight
+  under it restarts its timer with the template's timeout (the service's,
+  or 60 s once a template that expired while it still controlled
+  connections was re-armed: ip_vs_conn_expire); a template whose server is
+  gone or quiesced (weight
   0, with kube-proxy's expire_quiescent_template=1) is invalidated and a new
   server is scheduled.
-- expire_nodest_conn=1 (kube-proxy sets it): a packet of a connection whose
-  server was removed expires that connection and is dropped; a SYN on a
+- expire_nodest_conn=1 (kube-proxy sets it): deleting a server flushes the
+  connections (and then templates) on it that control nothing
+  (ip_vs_expire_nodest_conn_flush, kernel 5.9+), so the flow's next packet is
+  scheduled afresh; a packet of a connection whose server was removed but
+  that is still there (it controls others) expires it and is dropped; a SYN on a
   connection whose server has weight 0, or (conn_reuse_mode 1) in
   TIME_WAIT/CLOSE without a template, expires it and is scheduled afresh,
   unless the node's conntrack entry is the old one: then it is dropped
@@ -297,6 +301,21 @@ class Service:
     def persistent(self) -> bool:
         return bool(self.flags & F_PERSISTENT)
 
+    def edit(self, spec: VirtualServerSpec) -> None:
+        """ip_vs_edit_service (kube-proxy's UpdateVirtualServer: "during
+        updates, service VIP will not go down"): flags, timeout and netmask
+        change in place and a new scheduler is bound to the same server list,
+        so the connections and their servers carry on."""
+        if spec.scheduler != self.sched_name:
+            try:
+                sched = make_scheduler(spec.scheduler, spec.flags)
+            except KeyError:
+                raise UsageError(f"unknown IPVS scheduler {spec.scheduler!r}") from None
+            sched.init(self.dests)
+            self.sched, self.sched_name = sched, spec.scheduler
+        self.sched.flags = spec.flags  # schedulers read svc->flags as they go (sh/mh port and fallback)
+        self.flags, self.timeout, self.netmask = spec.flags, spec.timeout, spec.netmask
+
     def text(self) -> str:
         return f"{proto_name(self.proto).upper()} {int_to_ip(self.addr)}:{self.port}"
 
@@ -316,6 +335,19 @@ class Service:
         d.weight = weight
         d.available = True
         self.sched.changed(self.dests, UPD, self.dests.index(d))
+
+    def readd_dest(self, d: Dest, weight: int) -> None:
+        """ip_vs_del_dest then ip_vs_add_dest of the same server: out of the
+        list (the schedulers step back as for any deletion), then in again at
+        its head, available, with the new weight."""
+        self.del_dest(d)
+        if weight != 0:
+            d.last_weight = weight
+        d.weight = weight
+        d.available = True
+        self.dests.insert(0, d)
+        self.dest_index[d.key] = d
+        self.sched.changed(self.dests, ADD, 0)
 
     def del_dest(self, d: Dest) -> None:
         """ip_vs_del_dest: unlink; the server is no longer AVAILABLE (its
@@ -390,17 +422,26 @@ class IpvsMode:
         if udp:
             self.udp_timeout = udp
         wanted = {spec.key: spec for spec in state.services}
+        removed = False
         for key in list(self.services):
             if key not in wanted:
                 self._delete_service(self.services[key])
+                removed = True
         for key, spec in wanted.items():
             svc = self.services.get(key)
-            if svc is None or svc.sched_name != spec.scheduler or svc.flags != spec.flags:
-                if svc is not None:
-                    self._delete_service(svc)
+            if svc is None:
                 svc = self.services[key] = Service(spec)
-            svc.timeout, svc.spn, svc.kind, svc.local = spec.timeout, spec.spn, spec.kind, spec.local
-            self._sync_dests(svc, spec, now)
+            elif (svc.sched_name, svc.flags, svc.timeout, svc.netmask) != (
+                spec.scheduler,
+                spec.flags,
+                spec.timeout,
+                spec.netmask,
+            ):
+                svc.edit(spec)
+            svc.spn, svc.kind, svc.local = spec.spn, spec.kind, spec.local
+            removed = self._sync_dests(svc, spec, now) or removed
+        if removed:
+            self._flush_nodest()
         self._forget_walks()
 
     def _forget_walks(self) -> None:
@@ -425,16 +466,21 @@ class IpvsMode:
             if cp.plan is not None:
                 cp.plan.stale = True
 
-    def _sync_dests(self, svc: Service, spec: VirtualServerSpec, now: float) -> None:
+    def _sync_dests(self, svc: Service, spec: VirtualServerSpec, now: float) -> bool:
+        """Reconcile one service's real servers; True if any was deleted."""
+        removed = False
         want = {(a, p): w for a, p, w in spec.dests}
         for (a, p), w in want.items():
             d = svc.dest_index.get((a, p))
             if d is None:
                 svc.add_dest(a, p, w)
-            else:
-                self.graceful.pop((svc_key(svc), d.key), None)
-                if d.weight != w:
-                    svc.edit_dest(d, w)
+            elif self.graceful.pop((svc_key(svc), d.key), None) is not None:
+                # MoveRSOutofGracefulDeleteList: DeleteRealServer then AddRealServer;
+                # the kernel takes the server back from its trash to the head of
+                # the list (ip_vs_add_dest), its counters and connections kept.
+                svc.readd_dest(d, w)
+            elif d.weight != w:
+                svc.edit_dest(d, w)
         for d in list(svc.dests):
             if d.key in want:
                 continue
@@ -446,6 +492,17 @@ class IpvsMode:
                 self.graceful[gkey] = now
             else:
                 svc.del_dest(d)
+                removed = True
+        return removed
+
+    def _flush_nodest(self) -> None:
+        """ip_vs_expire_nodest_conn_flush (kernel 5.9+: a server's deletion
+        queues it, as kube-proxy sets expire_nodest_conn=1): every entry
+        whose server is no longer available and that controls nothing is
+        expired at once; templates left controlling nothing go after them."""
+        for table in (self.conns, self.templates):
+            for cp in [cp for cp in table.values() if not cp.dest.available and not cp.n_control]:
+                self._unlink(cp)
 
     def _delete_service(self, svc: Service) -> None:
         for d in list(svc.dests):
@@ -465,6 +522,7 @@ class IpvsMode:
             elif d.total() == 0 and now - since >= 60:
                 svc.del_dest(d)
                 del self.graceful[gkey]
+                self._flush_nodest()
 
     # --- the data path ----------------------------------------------------------
 
@@ -1020,7 +1078,8 @@ class IpvsMode:
                 trace.append(
                     Step("conntrack", f"persistence template hit: {ct.dest.text} ({left:g} s left, restarted)")
                 )
-            ct.timeout = svc.timeout
+            # ip_vs_conn_put restarts the timer with the template's own timeout:
+            # the service's, or the 60 s of a re-arm (ip_vs_conn_expire).
             self._arm(ct, now)
             return ct.dest, ct
         if trace is not None:
