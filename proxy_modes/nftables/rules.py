@@ -175,14 +175,13 @@ def node_settings(view: NodeView) -> NodeSettings:
         cidr = view.pod_cidrs[0]
         if_local, if_not_local = f"ip saddr {cidr}", f"ip saddr != {cidr}"
     elif mode == "BridgeInterface" and config.detect_local_bridge:
-        # localdetector.go writes `iif NAME`; `iif` needs the interface to
-        # exist when the rule is loaded, `iifname` matches by name: the
-        # closest form nft accepts without the node's interfaces.
+        # pkg/proxy/util/localdetector.go NewDetectLocalByBridgeInterface:
+        # the name unquoted (nft lists it back quoted; the meaning is the same).
         name = config.detect_local_bridge
-        if_local, if_not_local = f'iifname "{name}"', f'iifname != "{name}"'
+        if_local, if_not_local = f"iifname {name}", f"iifname != {name}"
     elif mode == "InterfaceNamePrefix" and config.detect_local_prefix:
-        name = config.detect_local_prefix
-        if_local, if_not_local = f'iifname "{name}*"', f'iifname != "{name}*"'
+        name = config.detect_local_prefix  # NewDetectLocalByInterfaceNamePrefix: NAME* (a wildcard)
+        if_local, if_not_local = f"iifname {name}*", f"iifname != {name}*"
     return NodeSettings(
         node_ip=view.node_ip,
         node_ips=view.node_ips,
