@@ -78,6 +78,9 @@ class IptablesMode:
         else:
             assert self.nf is not None
             self.nf.restore(rendered.text, noflush=True, filename="kube-proxy", cache=self.cache)
+            # The fragments' top-level rules kept for partial syncs describe the
+            # old table: the next partial sync rebuilds them from the new one.
+            self._services, self._nodeports, self._filter = [], [], {}
         self.state, self.node, self.last, self.captured = view.state, node, rendered, None
         assert self.nf is not None
         self.route = self.nf.route

@@ -459,8 +459,7 @@ class Renderer:
             settings = settings_for(view, self.random_fully, self.nfacct)
             if changed is None or settings != self.settings:
                 return self._full(view, settings)
-            partial = self._partial(view, settings, set(changed))
-            return partial if partial is not None else self._full(view, settings)
+            return self._partial(view, settings, set(changed))
 
     def _full(self, view: NodeView, settings: Settings) -> Rendered:
         ports = sorted(view.service_ports(), key=lambda i: i.name)
@@ -494,17 +493,18 @@ class Renderer:
         for spn in self.order:
             self.by_service.setdefault(spn.service, []).append(spn)
 
-    def _partial(self, view: NodeView, settings: Settings, changed: set[NamespacedName]) -> Rendered | None:
-        """Re-render the changed services only; None if the change flips
-        large-cluster mode (every chain's comments change: a full sync)."""
+    def _partial(self, view: NodeView, settings: Settings, changed: set[NamespacedName]) -> Rendered:
+        """Re-render the changed services only. Crossing the large-cluster
+        threshold is no reason for a full sync (syncProxyRules recomputes
+        largeClusterMode every time but only needFullSync rewrites every
+        chain): the services written from now on get the new mode's chains,
+        the others keep theirs until they change."""
         entries = view.state.entries
         old = {spn: self.fragments[spn] for key in changed for spn in self.by_service.get(key, ())}
         new_ports = [info for key in changed if key in entries for info in entries[key].ports]
         total = self.total - sum(f.endpoints for _, f in old.values())
         total += sum(len(view.endpoints(i.name)) for i in new_ports)
-        large = total > LARGE_CLUSTER_ENDPOINTS
-        if large != self.large:
-            return None
+        large = self.large = total > LARGE_CLUSTER_ENDPOINTS
         written: list[tuple[ServicePortName, ServiceRules]] = []
         for spn, (_, frag) in old.items():
             del self.fragments[spn]

@@ -113,3 +113,41 @@ def test_removed_endpoint_chains_are_deleted() -> None:
     ruleset = mode.sync(view(state((a, [ep("10.180.0.1")]))))
     assert f"-X {gone}" in ruleset.text and f":{gone} - [0:0]" in ruleset.text
     assert gone not in mode.tables["nat"].chains
+
+
+def test_a_partial_sync_after_a_later_full_sync_builds_on_the_new_table() -> None:
+    """A full sync that is not the first (here masqueradeAll changes) is
+    applied with --noflush; the partial sync after it must start from that
+    table, not from the top-level rules kept before it (service b got an
+    endpoint in the full sync and must not be REJECTed afterwards)."""
+    a, b, c = port("ns", "a", "172.30.0.1"), port("ns", "b", "172.30.0.2"), port("ns", "c", "172.30.0.3")
+    steps = [
+        (state((a, [ep("10.180.0.1")]), (b, []), (c, [])), False),
+        (state((a, [ep("10.180.0.1")]), (b, []), (c, [ep("10.180.2.1")])), False),  # partial
+        (state((a, [ep("10.180.0.1")]), (b, [ep("10.180.1.1")]), (c, [ep("10.180.2.1")])), True),  # full
+        (state((a, [ep("10.180.0.2")]), (b, [ep("10.180.1.1")]), (c, [ep("10.180.2.1")])), True),  # partial
+    ]
+    mode = IptablesMode(random.Random(0))
+    for current, masquerade_all in steps:
+        mode.sync(view(current, masquerade_all=masquerade_all))
+        expected = syntax.save(
+            syntax.restore(
+                None, rules.node_text(rules.Renderer().sync(view(current, masquerade_all=masquerade_all)).full)
+            )
+        )
+        assert syntax.save(mode.tables) == expected
+
+
+def test_crossing_the_large_cluster_threshold_is_a_partial_sync() -> None:
+    """largeClusterMode is recomputed on every sync but does not force a full
+    one: the service that grew past 1000 endpoints is written without
+    comments, an unchanged one keeps its commented chains."""
+    a, c = port("ns", "a", "172.30.0.1"), port("ns", "c", "172.30.0.3")
+    big = [ep(f"10.181.{i // 250}.{i % 250 + 1}") for i in range(1001)]
+    mode = IptablesMode(random.Random(0))
+    mode.sync(view(state((a, [ep("10.180.0.1")]), (c, [ep("10.180.2.1")]))))
+    result = mode.sync(view(state((a, [ep("10.180.0.1")]), (c, big))))
+    assert result.partial
+    saved = syntax.save(mode.tables)
+    assert '-m comment --comment "ns/a:p80 -> 10.180.0.1:80"' in saved
+    assert "ns/c:p80 -> 10.181." not in saved
