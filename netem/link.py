@@ -268,8 +268,10 @@ class Link:
 
     # -- netem_enqueue --
 
-    def _netem_enqueue(self, packet: Packet, now: int, ect: bool, qlen: int, marks: int = 0) -> None:
-        """netem_enqueue(); `marks` is DUPLICATE (and CE) for the clone's own pass."""
+    def _netem_enqueue(self, packet: Packet, now: int, ect: bool, qlen: int, marks: int = 0) -> bool:
+        """netem_enqueue(); `marks` is DUPLICATE (and CE) for the clone's own
+        pass. True when it wrote CE into the packet's header, which a clone
+        shares with its original (skb_clone)."""
         count = 1
         if self.duplicate and not marks & DUPLICATE and self.duplicate >= self._crandom(self._dup_cor):
             count = 2
@@ -281,19 +283,22 @@ class Link:
                 count -= 1
         if count == 0:
             self.stats.lost += 1
-            return
+            return False
         clone_marks = (marks & CE) | DUPLICATE  # cloned before the original is corrupted
         if self.corrupt and self.corrupt >= self._crandom(self._corrupt_cor):
             marks |= CORRUPTED
             self.stats.corrupted += 1
         if qlen >= self.limit:
             self.stats.overlimits += 1  # the clone goes with it, uncounted (__qdisc_drop)
-            return
+            return bool(marks & CE)
         if count > 1:
             # The clone re-enters at the root qdisc (netem) before this packet
-            # is queued; CE-marked data is CE in the clone too.
+            # is queued; CE-marked data is CE in the clone too, and the clone
+            # marked CE marks this packet as well (INET_ECN_set_ce writes the
+            # shared header in place), unless corruption unshared it.
             self.stats.duplicated += 1
-            self._netem_enqueue(packet, now, ect or bool(marks & CE), qlen, clone_marks)
+            if self._netem_enqueue(packet, now, ect or bool(marks & CE), qlen, clone_marks) and not marks & CORRUPTED:
+                marks |= CE
         self.stats.packets += 1
         if self.gap == 0 or self.counter < self.gap - 1 or self.reorder < self._crandom(self._reorder_cor):
             delay = self._tabledist(self.latency, self.jitter, self._delay_cor, self.table)
@@ -315,6 +320,7 @@ class Link:
             self.counter = 0
             self.stats.reordered += 1
             self._queue_head(now, packet, marks)
+        return bool(marks & CE)
 
     def _queue_length(self) -> int:
         if self._mode == "fast":

@@ -419,3 +419,20 @@ def test_one_interface_per_link() -> None:
     exact.enqueue(pkt(0), 0)
     with pytest.raises(RuntimeError, match="driven with enqueue"):
         exact.send(pkt(1), 0)
+
+
+def test_a_clone_marked_ce_marks_its_original_too() -> None:
+    """netem_enqueue: the duplicate is an skb_clone sharing the original's
+    data, and INET_ECN_set_ce writes the IP header in place: when the clone's
+    own loss draw marks it CE, the original leaves CE as well, unless
+    corruption unshared it first."""
+    lk = Link.from_tc("delay 1ms duplicate 100% loss 50% corrupt 30% ecn", random.Random(1))
+    pairs = 0
+    for i in range(300):
+        out = lk.send(pkt(i), i * 10**7, ect=True)
+        clones = [m for _, _, m in out if m & DUPLICATE]
+        originals = [m for _, _, m in out if not m & DUPLICATE]
+        if clones and originals and clones[0] & CE:
+            pairs += 1
+            assert originals[0] & CE or originals[0] & CORRUPTED
+    assert pairs > 20
