@@ -1220,7 +1220,7 @@ class IpvsMode:
             if fmt == "save":
                 return formats.save(self._sorted_services())
             if fmt == "connections":
-                return formats.list_conns(self.conns, self.templates)
+                return formats.list_conns(self.conns, self.templates, self._last_seen())
             raise UsageError(f"unknown --format {fmt!r} for ipvs (list, save, connections)")
         if self.state is None:
             raise UsageError("--show needs a synced node (-f FILE...), not a captured table")
@@ -1231,6 +1231,12 @@ class IpvsMode:
         if show == "addresses":
             return formats.ip_addr_show(self.state.addresses)
         raise UsageError(f"unknown --show {show!r} for ipvs (ipsets, iptables, addresses)")
+
+    def _last_seen(self) -> float:
+        """The time of the latest packet the table saw (every entry's timer
+        was last restarted then or before): the `now` a dump of the table
+        shows time left from, as /proc/net/ip_vs_conn does from jiffies."""
+        return max((cp.expires - cp.timeout for t in (self.conns, self.templates) for cp in t.values()), default=0.0)
 
     def _sorted_services(self) -> list[Service]:
         return formats.sort_services(list(self.services.values()))

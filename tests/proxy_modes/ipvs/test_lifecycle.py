@@ -74,3 +74,15 @@ def test_a_server_back_from_graceful_termination_is_added_again_at_the_head() ->
     assert returning.weight == 0 and svc.dests[0] is not returning  # quiesced in place
     mode.sync(view)  # type: ignore[arg-type]
     assert svc.dests[0] is returning and returning.weight == 1 and returning.available
+
+
+def test_the_connection_listing_shows_time_left() -> None:
+    """`ipvsadm -Lnc` prints (timer expiry - now): an established connection
+    last seen at t=1000 s has its 15:00 left, whatever the absolute time."""
+    mode = IpvsMode(random.Random(0))
+    mode.load_capture("-A -t 172.30.0.1:80 -s rr\n-a -t 172.30.0.1:80 -r 10.180.0.1:8080 -m -w 1\n", [], "save")
+    vip = parse_ip("172.30.0.1")
+    mode.route(Packet(TCP, CLIENT, 1000, vip, 80, flags=SYN), 1000.0)
+    mode.route(Packet(TCP, CLIENT, 1000, vip, 80, flags=ACK), 1000.0)
+    (line,) = [line for line in mode.dump_with(fmt="connections").splitlines() if line.startswith("TCP")]
+    assert line.split()[1:3] == ["15:00", "ESTABLISHED"]
