@@ -200,7 +200,7 @@ class ClusterBuilder:
                 self._given_slices.append(s)
         elif kind == "Endpoints":
             meta, subsets = parse_endpoints(f)
-            if self._claim(kind, meta):
+            if self._claim(kind, meta) and _mirrored(meta):
                 self._endpoints[meta.key] = subsets
         elif kind == "Namespace":
             meta = parse_meta(f, kind)
@@ -278,6 +278,15 @@ class ClusterBuilder:
                 c.slices[key] = made + [s for s in c.slices.get(key, [])]
             elif key in self._endpoints:
                 c.slices[key] = c.slices.get(key, []) + mirror_endpoints(svc, self._endpoints[key])
+
+
+def _mirrored(meta: Meta) -> bool:
+    """The EndpointSlice mirroring controller's shouldMirror
+    (pkg/controller/endpointslicemirroring/utils.go): not an Endpoints object
+    labelled skip-mirror, nor a leader-election lock."""
+    if meta.labels.get("endpointslice.kubernetes.io/skip-mirror") == "true":
+        return False
+    return "control-plane.alpha.kubernetes.io/leader" not in meta.annotations
 
 
 def _named_where(where: Where, kind: str, metadata: object) -> Where:

@@ -107,17 +107,20 @@ def _endpoint(svc: Service, pod: Pod, zone: str) -> SliceEndpoint:
 
 
 def _apply_hints(svc: Service, endpoints: list[SliceEndpoint]) -> None:
-    """trafficDistribution hints (KEP-4444): each endpoint hinted for its own
-    zone (and node, for PreferSameNode), or none at all when any endpoint
-    lacks a zone."""
+    """trafficDistribution hints (KEP-4444; endpointslice trafficdist.go, the
+    prefer-close heuristic's update): each ready endpoint is hinted for its
+    own zone when it has one, and for its own node (PreferSameNode) when it
+    has one; endpoints that are not ready get no hints. Whether hints are
+    usable at all is kube-proxy's decision (topology.go), per node."""
     mode = svc.traffic_distribution
     if mode not in ("PreferClose", "PreferSameZone", "PreferSameNode"):
         return
-    if any(not ep.zone for ep in endpoints):
-        return
     for i, ep in enumerate(endpoints):
+        if ep.ready is not True:  # endpointReady: the Ready condition set and true
+            continue
+        zone_hints = (ep.zone,) if ep.zone else ()
         node_hints = (ep.node_name,) if mode == "PreferSameNode" and ep.node_name else ()
-        endpoints[i] = ep._replace(zone_hints=(ep.zone,), node_hints=node_hints)
+        endpoints[i] = ep._replace(zone_hints=zone_hints, node_hints=node_hints)
 
 
 def _slice_meta(svc: Service, seed: str, managed_by: str) -> Meta:

@@ -292,9 +292,13 @@ def parse_pod_spec(spec: Fields, require_containers: bool = True) -> PodSpec:
     ports: list[ContainerPort] = []
     seen: set[str] = set()
     containers = 0
-    for container_key in ("initContainers", "containers"):
+    # FindPort (pkg/api/v1/pod/util.go) looks through the containers, then the
+    # sidecars (init containers with restartPolicy Always); the ports of other
+    # init containers are validated but never name a Service's targetPort.
+    for container_key in ("containers", "initContainers"):
         for c in spec.items(container_key, required=require_containers and container_key == "containers"):
             containers += container_key == "containers"
+            serves = container_key == "containers" or c.text("restartPolicy") == "Always"
             for p in c.items("ports"):
                 number = p.number("containerPort", required=True)
                 if _is_int(p.raw("containerPort")) and v.port_number(number):
@@ -310,7 +314,8 @@ def parse_pod_spec(spec: Fields, require_containers: bool = True) -> PodSpec:
                 protocol = p.text("protocol", "TCP")
                 if v.protocol(protocol):
                     p.error(v.protocol(protocol), "protocol", protocol)
-                ports.append(ContainerPort(name, number, protocol))
+                if serves:
+                    ports.append(ContainerPort(name, number, protocol))
     raw_containers = spec.raw("containers")
     if require_containers and isinstance(raw_containers, list) and not raw_containers:
         spec.error("Required value: must have at least one container", "containers")

@@ -316,7 +316,10 @@ def _endpoints_map(
                     continue
                 ip = ep.addresses[0]
                 text = int_to_ip(ip) + suffix
-                if text in bucket:
+                if text in bucket and ep.terminating is True:
+                    # endpointslicecache.go addEndpoints: a copy of an address
+                    # seen already replaces it unless this one is terminating
+                    # (an IP reused by a new pod while the old one terminates).
                     continue
                 bucket[text] = EndpointInfo(
                     ip,
