@@ -320,20 +320,13 @@ class Service:
         return f"{proto_name(self.proto).upper()} {int_to_ip(self.addr)}:{self.port}"
 
     def add_dest(self, addr: int, port: int, weight: int, u_threshold: int = 0, l_threshold: int = 0) -> Dest:
-        """ip_vs_add_dest: new servers go to the head of the list."""
         d = Dest(addr, port, weight, u_threshold, l_threshold)
-        self.dests.insert(0, d)
-        self.dest_index[d.key] = d
-        self.sched.changed(self.dests, ADD, 0)
+        self._link(d)
         return d
 
     def edit_dest(self, d: Dest, weight: int) -> None:
-        """__ip_vs_update_dest for an existing server: last_weight keeps the
-        latest non-zero weight (the mh table does not move on quiescing)."""
-        if weight != 0:
-            d.last_weight = weight
-        d.weight = weight
-        d.available = True
+        """__ip_vs_update_dest for an existing server."""
+        _reweigh(d, weight)
         self.sched.changed(self.dests, UPD, self.dests.index(d))
 
     def readd_dest(self, d: Dest, weight: int) -> None:
@@ -341,10 +334,11 @@ class Service:
         list (the schedulers step back as for any deletion), then in again at
         its head, available, with the new weight."""
         self.del_dest(d)
-        if weight != 0:
-            d.last_weight = weight
-        d.weight = weight
-        d.available = True
+        _reweigh(d, weight)
+        self._link(d)
+
+    def _link(self, d: Dest) -> None:
+        """ip_vs_add_dest: a server goes to the head of the list."""
         self.dests.insert(0, d)
         self.dest_index[d.key] = d
         self.sched.changed(self.dests, ADD, 0)
@@ -357,6 +351,15 @@ class Service:
         del self.dest_index[d.key]
         d.available = False
         self.sched.changed(self.dests, DEL, index)
+
+
+def _reweigh(d: Dest, weight: int) -> None:
+    """A server's new weight, available again; last_weight keeps the latest
+    non-zero weight (the mh table does not move on quiescing)."""
+    if weight != 0:
+        d.last_weight = weight
+    d.weight = weight
+    d.available = True
 
 
 class IpvsMode:
