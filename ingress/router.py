@@ -175,77 +175,111 @@ def _simple(path: str) -> bool:
     return "%" not in path and "//" not in path and "/." not in path
 
 
-class _Plan(NamedTuple):
-    """What one nginx location does, precomputed for the hot path."""
+@dataclass(slots=True, eq=False)
+class _RoundRobin:
+    """One upstream's round-robin position, shared by every location that
+    proxies to it (nginx keeps one peer list per upstream block)."""
 
+    endpoints: tuple[Endpoint, ...]
+    next: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class _Plan:
+    """What one nginx location does, precomputed for the hot path (slots: the
+    fields the fast path reads sit together)."""
+
+    fast: bool  # plain round robin, nothing else to do: no 308, rewrite, access rules, canary, affinity or hash
+    balancer: _RoundRobin | None  # the upstream's round robin
     nl: NginxLocation
     ingress: str | None
+    service: str | None
+    port: int | str | None
+    upstream_name: str | None
     limit: int  # client_max_body_size in bytes, 0 = unlimited
     redirect: bool  # the 308 to https applies
     rewrite: bool
     access: bool  # deny/allow rules
     upstream: Upstream | None
-    service: str | None
-    port: int | str | None
-    counter: list[int]  # the upstream's round-robin position (shared by its locations)
-    simple: bool  # plain round robin over endpoints: no canary, affinity or hash
-    endpoints: tuple[Endpoint, ...]  # the upstream's, at hand for the simple case
-    upstream_name: str | None
 
 
-@dataclass(slots=True)
+_NOTHING: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True, eq=False)
 class _ServerIndex:
-    server: Server
+    """One server block's locations as ngx_http_core_find_location walks
+    them: `=` names in a dict, prefix names in a dict probed by length
+    (longest first), then the regexes in order."""
+
     name: str
     app_root: str
     exact: dict[str, _Plan]
+    moved: frozenset[str]  # URIs nginx answers with a 301 to URI + "/"
     prefix: dict[str, _Plan]
-    lengths: tuple[int, ...]
+    lengths: tuple[int, ...]  # of the prefix names, longest first
     regexes: tuple[tuple[re.Pattern[str], _Plan], ...]
-    redirects: frozenset[str]  # URIs nginx answers with a 301 to URI + "/"
+    server: Server
 
     @classmethod
     def build(
-        cls, server: Server, plan: Callable[[NginxLocation, Server], _Plan], keep_spec: bool = True
+        cls,
+        server: Server,
+        plan: Callable[[NginxLocation, Server], _Plan],
+        keep_spec: bool = True,
+        shared: dict[tuple[int, ...], tuple[int, ...]] | None = None,
     ) -> _ServerIndex:
+        """`shared` holds the length tuples other servers already use: the
+        10,000 servers of a big config then touch a few common objects (and
+        the interned location names) instead of one copy each."""
         nls = nginx_locations(server, keep_spec)
-        exact = {nl.name: plan(nl, server) for nl in nls if nl.modifier == "="}
-        prefix = {nl.name: plan(nl, server) for nl in nls if nl.modifier == ""}
+        exact = {sys.intern(nl.name): plan(nl, server) for nl in nls if nl.modifier == "="}
+        prefix = {sys.intern(nl.name): plan(nl, server) for nl in nls if nl.modifier == ""}
         regexes = tuple((re.compile(nl.name, re.IGNORECASE), plan(nl, server)) for nl in nls if nl.modifier == "~*")
         # proxy_pass sets auto_redirect on a location whose name ends in "/";
         # every location we render proxies, except those without a backend.
         # A request for that name without the "/" gets the 301, unless a
         # location is named exactly so (ngx_http_core_find_static_location).
-        redirects = frozenset(
+        moved = frozenset(
             nl.name[:-1]
             for nl in nls
             if nl.modifier != "~*" and nl.name.endswith("/") and nl.location.upstream
             and nl.name[:-1] not in exact and nl.name[:-1] not in prefix
         )  # fmt: skip
         lengths = tuple(sorted({len(p) for p in prefix}, reverse=True))
-        return cls(server, sys.intern(server.host), server.app_root, exact, prefix, lengths, regexes, redirects)
+        if shared is not None:
+            lengths = shared.setdefault(lengths, lengths)
+        name, root = sys.intern(server.host), server.app_root
+        return cls(name, root, exact, moved or _NOTHING, prefix, lengths, regexes, server)
 
     def find(self, uri: str) -> tuple[_Plan | None, bool]:
         """(location, auto-redirect 301?) as ngx_http_core_find_location."""
         hit = self.exact.get(uri)
         if hit is not None:
             return hit, False
-        if self.redirects and uri in self.redirects:
+        if uri in self.moved:
             return None, True
+        return self.inexact(uri), False
+
+    def inexact(self, uri: str) -> _Plan | None:
+        """The longest prefix location, unless a regex matches (nginx tries
+        the regexes in order after the prefixes, first match wins)."""
         best = None
         n = len(uri)
+        prefix = self.prefix
         for length in self.lengths:
             if length <= n:
-                best = self.prefix.get(uri[:length])
+                best = prefix.get(uri[:length])
                 if best is not None:
                     break
         for rx, plan in self.regexes:
             if rx.match(uri):
-                return plan, False
-        return best, False
+                return plan
+        return best
 
 
 _LABEL = re.compile(r"[\w-]+\Z", re.ASCII)  # buildServerName: ~^(?<subdomain>[\w-]+)\.example\.com$
+_new = tuple.__new__  # a Decision without the NamedTuple's Python-level __new__ (the hot path's largest cost)
 
 
 class Router:
@@ -259,12 +293,13 @@ class Router:
         self.wildcard: dict[str, _ServerIndex] = {}
         keep = model.config.keep_spec
         self._limit = size_bytes(model.config.default_body_size)
-        self._counters: dict[str, list[int]] = {name: [0] for name in self.upstreams}
-        self.default = _ServerIndex.build(model.servers[DEFAULT_SERVER], self._plan, keep)
+        self._balancers = {name: _RoundRobin(up.endpoints) for name, up in self.upstreams.items()}
+        shared: dict[tuple[int, ...], tuple[int, ...]] = {}
+        self.default = _ServerIndex.build(model.servers[DEFAULT_SERVER], self._plan, keep, shared)
         for host, server in model.servers.items():
             if host == DEFAULT_SERVER:
                 continue
-            index = _ServerIndex.build(server, self._plan, keep)
+            index = _ServerIndex.build(server, self._plan, keep, shared)
             if host.startswith("*."):
                 self.wildcard[host[2:]] = index
             else:
@@ -276,63 +311,76 @@ class Router:
         s = loc.settings
         up = self.upstreams.get(loc.upstream) if loc.upstream else None
         service, port = (loc.service, loc.port) if loc.service else ((up.service, up.port) if up else (None, None))
+        redirect = s.force_ssl_redirect or (s.ssl_redirect and bool(server.cert))
+        rewrite, access = needs_rewrite(loc), bool(s.deny or s.allow)
         simple = up is not None and bool(up.endpoints) and not (up.canary or up.affinity_cookie or up.hash_by)
         return _Plan(
+            simple and not (redirect or rewrite or access),
+            self._balancers[up.name] if up is not None else None,
             nl,
             loc.ingress,
-            size_bytes(s.body_size) if s.body_size else self._limit,
-            s.force_ssl_redirect or (s.ssl_redirect and bool(server.cert)),
-            needs_rewrite(loc),
-            bool(s.deny or s.allow),
-            up,
             service,
             port,
-            self._counters[up.name] if up is not None else [0],
-            simple,
-            up.endpoints if up is not None else (),
             up.name if up is not None else None,
+            size_bytes(s.body_size) if s.body_size else self._limit,
+            redirect,
+            rewrite,
+            access,
+            up,
         )
 
     # -- the decision ----------------------------------------------------------
 
     def route(self, req: Request) -> Decision:
-        host = req.host
+        """The whole decision for one request (the phases of the module
+        docstring). The common request (a plain path, a location that only
+        balances round robin) is decided here without further calls."""
+        scheme, host, target, _, _, _, content_length = req
         index = self.exact.get(host)
         if index is None:
-            if ":" in host:
-                host = host.split(":", 1)[0]
-            host = host.lower()
-            if host.endswith("."):
-                host = host[:-1]
-            index = self.exact.get(host) or self._wildcard(host)
+            index, host = self._server(host)
         name = index.name
-        path, _, args = req.target.partition("?")
-        if "%" in path or "//" in path or "/." in path:
+        uri, args = target, ""
+        if "?" in target or "%" in target or "//" in target or "/." in target:
+            path, _, args = target.partition("?")
             try:
-                uri = normalize_uri(path)
+                uri = path if _simple(path) else normalize_uri(path)
             except BadRequest:
                 return Decision(400, name)
-        else:
-            uri = path
-        https = req.scheme == "https"
+        https = scheme == "https"
         if index.app_root and uri == "/":
             # a server-level `return`: no location, so no location's add_header (HSTS)
-            return Decision(302, name, redirect=f"{req.scheme}://{req.host or host}{index.app_root}")
-        plan, moved = index.find(uri)
-        if moved:
-            return Decision(301, name, redirect=self._moved(req, host, uri, args), hsts=https)
+            return Decision(302, name, redirect=f"{scheme}://{req.host or host}{index.app_root}")
+        plan = index.exact.get(uri)
         if plan is None:
-            return Decision(404, name)
-        if plan.simple and not plan.redirect and not plan.rewrite and not plan.access and not req.content_length:
-            counter = plan.counter
-            i = counter[0]
-            counter[0] = i + 1
-            endpoints = plan.endpoints
-            return Decision(
+            if uri in index.moved:
+                return Decision(301, name, redirect=self._moved(req, host, uri, args), hsts=https)
+            plan = index.inexact(uri)
+            if plan is None:
+                return Decision(404, name)
+        if plan.fast and not content_length:
+            rr = plan.balancer
+            assert rr is not None  # a fast plan has an upstream
+            i = rr.next
+            rr.next = i + 1
+            endpoints = rr.endpoints
+            return _new(Decision, (
                 200, name, plan.nl, plan.ingress, plan.service, plan.port, endpoints[i % len(endpoints)], None,
-                plan.upstream_name, req.target, None, False, https,
-            )  # fmt: skip
+                plan.upstream_name, target, None, False, https,
+            ))  # fmt: skip
         return self._location(req, name, plan, uri, args, https)
+
+    def _server(self, host: str) -> tuple[_ServerIndex, str]:
+        """The server for a Host that is not a server name as sent: nginx
+        drops the port and a trailing dot and lower-cases it
+        (ngx_http_validate_host), then tries exact names, the wildcard, and
+        falls back to the default server."""
+        if ":" in host:
+            host = host.split(":", 1)[0]
+        host = host.lower()
+        if host.endswith("."):
+            host = host[:-1]
+        return self.exact.get(host) or self._wildcard(host), host
 
     def _wildcard(self, host: str) -> _ServerIndex:
         dot = host.find(".")
@@ -470,9 +518,9 @@ class Router:
         if key:
             endpoint = self._chash(up, key)
         else:  # no hash, or an empty key: round robin (ngx_http_upstream_get_chash_peer)
-            counter = self._counters[up.name]
-            i = counter[0]
-            counter[0] = i + 1
+            rr = self._balancers[up.name]
+            i = rr.next
+            rr.next = i + 1
             endpoint = up.endpoints[i % len(up.endpoints)]
         if up.affinity_cookie:
             cookie_out = f"{up.affinity_cookie}={endpoint.cookie}; Path={up.cookie_path}; HttpOnly"
@@ -488,8 +536,8 @@ class Router:
 
     def reset(self) -> None:
         """What a reload does to nginx's balancer state."""
-        for counter in self._counters.values():
-            counter[0] = 0
+        for rr in self._balancers.values():
+            rr.next = 0
 
 
 def chash_ring(endpoints: tuple[Endpoint, ...]) -> tuple[list[int], list[Endpoint]]:
