@@ -175,27 +175,47 @@ def _simple(path: str) -> bool:
     return "%" not in path and "//" not in path and "/." not in path
 
 
-@dataclass(slots=True, eq=False)
-class _RoundRobin:
-    """One upstream's round-robin position, shared by every location that
-    proxies to it (nginx keeps one peer list per upstream block)."""
+def _copy(text: str) -> str:
+    """A new str equal to `text` (see _Balancer)."""
+    return "".join((text, ""))
 
+
+@dataclass(slots=True, eq=False)
+class _Balancer:
+    """One upstream as the fast path needs it: its round-robin position,
+    shared by every location that proxies to it (nginx keeps one peer list
+    per upstream block), and the values a decision for it carries.
+
+    Those values are copies made while the router is built, so the objects a
+    decision references for 1,000 upstreams sit together in a few pages
+    instead of all over the model's heap: with 10,000 hosts and random
+    requests, the time of a decision is mostly memory the CPU must fetch."""
+
+    next: int
     endpoints: tuple[Endpoint, ...]
-    next: int = 0
+    name: str
+    service: str
+    port: int | str
+
+    @classmethod
+    def of(cls, up: Upstream) -> _Balancer:
+        endpoints = tuple(Endpoint(*ep) for ep in up.endpoints)
+        return cls(0, endpoints, _copy(up.name), _copy(up.service), up.port)
 
 
 @dataclass(slots=True, eq=False)
 class _Plan:
-    """What one nginx location does, precomputed for the hot path (slots: the
-    fields the fast path reads sit together)."""
+    """What one nginx location does, precomputed. The fields the fast path
+    reads come first (they share a cache line)."""
 
-    fast: bool  # plain round robin, nothing else to do: no 308, rewrite, access rules, canary, affinity or hash
-    balancer: _RoundRobin | None  # the upstream's round robin
+    exact: bool  # an `=` location
+    fast: bool  # round robin and nothing else: no 308, rewrite, access rules, canary, affinity or hash
+    balancer: _Balancer | None  # the upstream's
     nl: NginxLocation
     ingress: str | None
+    twin: _Plan | None  # on an `=` location: the prefix location of the same name
     service: str | None
     port: int | str | None
-    upstream_name: str | None
     limit: int  # client_max_body_size in bytes, 0 = unlimited
     redirect: bool  # the 308 to https applies
     rewrite: bool
@@ -206,20 +226,23 @@ class _Plan:
 _NOTHING: frozenset[str] = frozenset()
 
 
-@dataclass(slots=True, eq=False)
-class _ServerIndex:
-    """One server block's locations as ngx_http_core_find_location walks
-    them: `=` names in a dict, prefix names in a dict probed by length
-    (longest first), then the regexes in order."""
+class _Locations(dict[str, _Plan]):
+    """One server block: its `=` and prefix locations by name, and the
+    server's other facts as attributes (a Host then leads to one object).
 
+    Locations are found as ngx_http_core_find_location finds them: the `=`
+    location named as the URI, else the longest prefix location, unless a
+    regex matches (in order, first wins). A prefix location's name always
+    ends in "/" (locations.py), so its candidates are the URI's leading
+    parts of the lengths in `lengths`. A name can be both `= /a/` and
+    `/a/`: the `=` plan then holds the prefix plan as its `twin`."""
+
+    __slots__ = ("app_root", "lengths", "moved", "name", "regexes")
     name: str
     app_root: str
-    exact: dict[str, _Plan]
     moved: frozenset[str]  # URIs nginx answers with a 301 to URI + "/"
-    prefix: dict[str, _Plan]
     lengths: tuple[int, ...]  # of the prefix names, longest first
     regexes: tuple[tuple[re.Pattern[str], _Plan], ...]
-    server: Server
 
     @classmethod
     def build(
@@ -228,13 +251,14 @@ class _ServerIndex:
         plan: Callable[[NginxLocation, Server], _Plan],
         keep_spec: bool = True,
         shared: dict[tuple[int, ...], tuple[int, ...]] | None = None,
-    ) -> _ServerIndex:
+    ) -> _Locations:
         """`shared` holds the length tuples other servers already use: the
         10,000 servers of a big config then touch a few common objects (and
         the interned location names) instead of one copy each."""
         nls = nginx_locations(server, keep_spec)
         exact = {sys.intern(nl.name): plan(nl, server) for nl in nls if nl.modifier == "="}
         prefix = {sys.intern(nl.name): plan(nl, server) for nl in nls if nl.modifier == ""}
+        assert all(name.endswith("/") for name in prefix), prefix  # what `lengths` relies on
         regexes = tuple((re.compile(nl.name, re.IGNORECASE), plan(nl, server)) for nl in nls if nl.modifier == "~*")
         # proxy_pass sets auto_redirect on a location whose name ends in "/";
         # every location we render proxies, except those without a backend.
@@ -246,32 +270,40 @@ class _ServerIndex:
             if nl.modifier != "~*" and nl.name.endswith("/") and nl.location.upstream
             and nl.name[:-1] not in exact and nl.name[:-1] not in prefix
         )  # fmt: skip
+        index = cls(prefix)
+        for name, hit in exact.items():
+            hit.twin = prefix.get(name)
+            index[name] = hit
         lengths = tuple(sorted({len(p) for p in prefix}, reverse=True))
-        if shared is not None:
-            lengths = shared.setdefault(lengths, lengths)
-        name, root = sys.intern(server.host), server.app_root
-        return cls(name, root, exact, moved or _NOTHING, prefix, lengths, regexes, server)
+        index.name, index.app_root = sys.intern(server.host), server.app_root
+        index.moved = moved or _NOTHING
+        index.lengths = lengths if shared is None else shared.setdefault(lengths, lengths)
+        index.regexes = regexes
+        return index
 
     def find(self, uri: str) -> tuple[_Plan | None, bool]:
         """(location, auto-redirect 301?) as ngx_http_core_find_location."""
-        hit = self.exact.get(uri)
-        if hit is not None:
+        hit = self.get(uri)
+        if hit is not None and hit.exact:
             return hit, False
         if uri in self.moved:
             return None, True
-        return self.inexact(uri), False
+        return self.inexact(uri, hit), False
 
-    def inexact(self, uri: str) -> _Plan | None:
+    def inexact(self, uri: str, whole: _Plan | None) -> _Plan | None:
         """The longest prefix location, unless a regex matches (nginx tries
-        the regexes in order after the prefixes, first match wins)."""
-        best = None
-        n = len(uri)
-        prefix = self.prefix
-        for length in self.lengths:
-            if length <= n:
-                best = prefix.get(uri[:length])
-                if best is not None:
-                    break
+        the regexes in order after the prefixes). `whole` is the prefix
+        location named as the whole URI, if the caller found one."""
+        best = whole
+        if best is None:
+            n = len(uri)
+            for length in self.lengths:
+                if length < n:  # length n is the URI itself: `whole`
+                    hit = self.get(uri[:length])
+                    if hit is not None:
+                        best = hit.twin if hit.exact else hit
+                        if best is not None:
+                            break
         for rx, plan in self.regexes:
             if rx.match(uri):
                 return plan
@@ -279,7 +311,7 @@ class _ServerIndex:
 
 
 _LABEL = re.compile(r"[\w-]+\Z", re.ASCII)  # buildServerName: ~^(?<subdomain>[\w-]+)\.example\.com$
-_new = tuple.__new__  # a Decision without the NamedTuple's Python-level __new__ (the hot path's largest cost)
+_new = tuple.__new__  # a Decision without the NamedTuple's Python-level __new__ (a large share of the fast path)
 
 
 class Router:
@@ -289,17 +321,17 @@ class Router:
         self.model = model
         self.rng = rng
         self.upstreams: dict[str, Upstream] = dict(model.upstreams)
-        self.exact: dict[str, _ServerIndex] = {}
-        self.wildcard: dict[str, _ServerIndex] = {}
+        self.exact: dict[str, _Locations] = {}
+        self.wildcard: dict[str, _Locations] = {}
         keep = model.config.keep_spec
         self._limit = size_bytes(model.config.default_body_size)
-        self._balancers = {name: _RoundRobin(up.endpoints) for name, up in self.upstreams.items()}
+        self._balancers = {name: _Balancer.of(up) for name, up in self.upstreams.items()}
         shared: dict[tuple[int, ...], tuple[int, ...]] = {}
-        self.default = _ServerIndex.build(model.servers[DEFAULT_SERVER], self._plan, keep, shared)
+        self.default = _Locations.build(model.servers[DEFAULT_SERVER], self._plan, keep, shared)
         for host, server in model.servers.items():
             if host == DEFAULT_SERVER:
                 continue
-            index = _ServerIndex.build(server, self._plan, keep, shared)
+            index = _Locations.build(server, self._plan, keep, shared)
             if host.startswith("*."):
                 self.wildcard[host[2:]] = index
             else:
@@ -314,14 +346,17 @@ class Router:
         redirect = s.force_ssl_redirect or (s.ssl_redirect and bool(server.cert))
         rewrite, access = needs_rewrite(loc), bool(s.deny or s.allow)
         simple = up is not None and bool(up.endpoints) and not (up.canary or up.affinity_cookie or up.hash_by)
+        # the fast path reports the upstream's service and port (the same as the location's)
+        same = up is not None and (service, port) == (up.service, up.port)
         return _Plan(
-            simple and not (redirect or rewrite or access),
+            nl.modifier == "=",
+            simple and same and not (redirect or rewrite or access),
             self._balancers[up.name] if up is not None else None,
             nl,
-            loc.ingress,
+            _copy(loc.ingress) if loc.ingress else None,
+            None,
             service,
             port,
-            up.name if up is not None else None,
             size_bytes(s.body_size) if s.body_size else self._limit,
             redirect,
             rewrite,
@@ -351,26 +386,26 @@ class Router:
         if index.app_root and uri == "/":
             # a server-level `return`: no location, so no location's add_header (HSTS)
             return Decision(302, name, redirect=f"{scheme}://{req.host or host}{index.app_root}")
-        plan = index.exact.get(uri)
-        if plan is None:
+        plan = index.get(uri)
+        if plan is None or not plan.exact:
             if uri in index.moved:
                 return Decision(301, name, redirect=self._moved(req, host, uri, args), hsts=https)
-            plan = index.inexact(uri)
+            plan = index.inexact(uri, plan)
             if plan is None:
                 return Decision(404, name)
         if plan.fast and not content_length:
-            rr = plan.balancer
-            assert rr is not None  # a fast plan has an upstream
-            i = rr.next
-            rr.next = i + 1
-            endpoints = rr.endpoints
+            up = plan.balancer
+            assert up is not None  # a fast plan has an upstream
+            i = up.next
+            up.next = i + 1
+            endpoints = up.endpoints
             return _new(Decision, (
-                200, name, plan.nl, plan.ingress, plan.service, plan.port, endpoints[i % len(endpoints)], None,
-                plan.upstream_name, target, None, False, https,
+                200, name, plan.nl, plan.ingress, up.service, up.port, endpoints[i % len(endpoints)], None, up.name,
+                target, None, False, https,
             ))  # fmt: skip
         return self._location(req, name, plan, uri, args, https)
 
-    def _server(self, host: str) -> tuple[_ServerIndex, str]:
+    def _server(self, host: str) -> tuple[_Locations, str]:
         """The server for a Host that is not a server name as sent: nginx
         drops the port and a trailing dot and lower-cases it
         (ngx_http_validate_host), then tries exact names, the wildcard, and
@@ -380,9 +415,10 @@ class Router:
         host = host.lower()
         if host.endswith("."):
             host = host[:-1]
-        return self.exact.get(host) or self._wildcard(host), host
+        index = self.exact.get(host)  # not `or`: a server with only regex locations is an empty dict
+        return (self._wildcard(host) if index is None else index), host
 
-    def _wildcard(self, host: str) -> _ServerIndex:
+    def _wildcard(self, host: str) -> _Locations:
         dot = host.find(".")
         if dot > 0 and self.wildcard:
             index = self.wildcard.get(host[dot + 1 :])
