@@ -34,7 +34,7 @@ import re
 import sys
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -208,12 +208,13 @@ class _Plan:
     """What one nginx location does, precomputed. The fields the fast path
     reads come first (they share a cache line)."""
 
-    exact: bool  # an `=` location
+    exact: bool  # an `=` location, or `moved`: the URI's own match, which ends the search
     fast: bool  # round robin and nothing else: no 308, rewrite, access rules, canary, affinity or hash
     balancer: _Balancer | None  # the upstream's
     nl: NginxLocation
     ingress: str | None
     twin: _Plan | None  # on an `=` location: the prefix location of the same name
+    moved: bool  # not a location: the 301 to URI + "/" that location `nl` (named URI + "/") answers
     service: str | None
     port: int | str | None
     limit: int  # client_max_body_size in bytes, 0 = unlimited
@@ -223,25 +224,22 @@ class _Plan:
     upstream: Upstream | None
 
 
-_NOTHING: frozenset[str] = frozenset()
-
-
 class _Locations(dict[str, _Plan]):
     """One server block: its `=` and prefix locations by name, and the
-    server's other facts as attributes (a Host then leads to one object).
+    server's other facts as attributes (a Host leads to one object).
 
     Locations are found as ngx_http_core_find_location finds them: the `=`
     location named as the URI, else the longest prefix location, unless a
     regex matches (in order, first wins). A prefix location's name always
-    ends in "/" (locations.py), so its candidates are the URI's leading
-    parts of the lengths in `lengths`. A name can be both `= /a/` and
-    `/a/`: the `=` plan then holds the prefix plan as its `twin`."""
+    ends in "/" (locations.py), so its candidates are the URI's leading parts
+    of the lengths in `lengths`. A name can be both `= /a/` and `/a/`: the
+    `=` plan then holds the prefix plan as its `twin`. The URIs nginx answers
+    with its auto_redirect 301 are in the dict too, as plans marked `moved`."""
 
-    __slots__ = ("app_root", "lengths", "moved", "name", "regexes")
+    __slots__ = ("app_root", "lengths", "name", "regexes")
+    lengths: tuple[int, ...]  # of the prefix names, longest first
     name: str
     app_root: str
-    moved: frozenset[str]  # URIs nginx answers with a 301 to URI + "/"
-    lengths: tuple[int, ...]  # of the prefix names, longest first
     regexes: tuple[tuple[re.Pattern[str], _Plan], ...]
 
     @classmethod
@@ -253,61 +251,49 @@ class _Locations(dict[str, _Plan]):
         shared: dict[tuple[int, ...], tuple[int, ...]] | None = None,
     ) -> _Locations:
         """`shared` holds the length tuples other servers already use: the
-        10,000 servers of a big config then touch a few common objects (and
-        the interned location names) instead of one copy each."""
+        10,000 servers of a big config then share a few (as they share the
+        interned location names) instead of one copy each."""
         nls = nginx_locations(server, keep_spec)
         exact = {sys.intern(nl.name): plan(nl, server) for nl in nls if nl.modifier == "="}
         prefix = {sys.intern(nl.name): plan(nl, server) for nl in nls if nl.modifier == ""}
-        assert all(name.endswith("/") for name in prefix), prefix  # what `lengths` relies on
         regexes = tuple((re.compile(nl.name, re.IGNORECASE), plan(nl, server)) for nl in nls if nl.modifier == "~*")
-        # proxy_pass sets auto_redirect on a location whose name ends in "/";
-        # every location we render proxies, except those without a backend.
-        # A request for that name without the "/" gets the 301, unless a
-        # location is named exactly so (ngx_http_core_find_static_location).
-        moved = frozenset(
-            nl.name[:-1]
-            for nl in nls
-            if nl.modifier != "~*" and nl.name.endswith("/") and nl.location.upstream
-            and nl.name[:-1] not in exact and nl.name[:-1] not in prefix
-        )  # fmt: skip
+        # what inexact() relies on (locations.py): a prefix name ends in "/";
+        # a server's locations are all regexes or none
+        assert all(name.endswith("/") for name in prefix) and not (regexes and (exact or prefix)), server.host
         index = cls(prefix)
         for name, hit in exact.items():
             hit.twin = prefix.get(name)
             index[name] = hit
+        # proxy_pass sets auto_redirect on a location whose name ends in "/";
+        # every location we render proxies, except those without a backend.
+        # A request for that name without the "/" gets the 301, unless a
+        # location is named exactly so (ngx_http_core_find_static_location).
+        for name, hit in [*exact.items(), *prefix.items()]:
+            bare = name[:-1]
+            if name.endswith("/") and hit.nl.location.upstream and bare not in exact and bare not in prefix:
+                index.setdefault(sys.intern(bare), replace(hit, exact=True, fast=False, twin=None, moved=True))
         lengths = tuple(sorted({len(p) for p in prefix}, reverse=True))
-        index.name, index.app_root = sys.intern(server.host), server.app_root
-        index.moved = moved or _NOTHING
         index.lengths = lengths if shared is None else shared.setdefault(lengths, lengths)
-        index.regexes = regexes
+        index.name, index.app_root, index.regexes = sys.intern(server.host), server.app_root, regexes
         return index
-
-    def find(self, uri: str) -> tuple[_Plan | None, bool]:
-        """(location, auto-redirect 301?) as ngx_http_core_find_location."""
-        hit = self.get(uri)
-        if hit is not None and hit.exact:
-            return hit, False
-        if uri in self.moved:
-            return None, True
-        return self.inexact(uri, hit), False
 
     def inexact(self, uri: str, whole: _Plan | None) -> _Plan | None:
         """The longest prefix location, unless a regex matches (nginx tries
         the regexes in order after the prefixes). `whole` is the prefix
         location named as the whole URI, if the caller found one."""
-        best = whole
-        if best is None:
-            n = len(uri)
-            for length in self.lengths:
-                if length < n:  # length n is the URI itself: `whole`
-                    hit = self.get(uri[:length])
-                    if hit is not None:
-                        best = hit.twin if hit.exact else hit
-                        if best is not None:
-                            break
-        for rx, plan in self.regexes:
-            if rx.match(uri):
-                return plan
-        return best
+        if not self:
+            return next((plan for rx, plan in self.regexes if rx.match(uri)), None)
+        if whole is not None:
+            return whole
+        n = len(uri)
+        for length in self.lengths:
+            if length < n:  # length n is the URI itself: `whole`
+                hit = self.get(uri[:length])
+                if hit is not None:
+                    best = hit.twin if hit.exact else hit
+                    if best is not None:
+                        return best
+        return None
 
 
 _LABEL = re.compile(r"[\w-]+\Z", re.ASCII)  # buildServerName: ~^(?<subdomain>[\w-]+)\.example\.com$
@@ -355,6 +341,7 @@ class Router:
             nl,
             _copy(loc.ingress) if loc.ingress else None,
             None,
+            False,
             service,
             port,
             size_bytes(s.body_size) if s.body_size else self._limit,
@@ -374,7 +361,9 @@ class Router:
         index = self.exact.get(host)
         if index is None:
             index, host = self._server(host)
-        name = index.name
+            name = index.name
+        else:
+            name = host  # the server's name, interned: it was found under it
         uri, args = target, ""
         if "?" in target or "%" in target or "//" in target or "/." in target:
             path, _, args = target.partition("?")
@@ -383,13 +372,11 @@ class Router:
             except BadRequest:
                 return Decision(400, name)
         https = scheme == "https"
-        if index.app_root and uri == "/":
+        if uri == "/" and index.app_root:
             # a server-level `return`: no location, so no location's add_header (HSTS)
             return Decision(302, name, redirect=f"{scheme}://{req.host or host}{index.app_root}")
         plan = index.get(uri)
         if plan is None or not plan.exact:
-            if uri in index.moved:
-                return Decision(301, name, redirect=self._moved(req, host, uri, args), hsts=https)
             plan = index.inexact(uri, plan)
             if plan is None:
                 return Decision(404, name)
@@ -403,6 +390,8 @@ class Router:
                 200, name, plan.nl, plan.ingress, up.service, up.port, endpoints[i % len(endpoints)], None, up.name,
                 target, None, False, https,
             ))  # fmt: skip
+        if plan.moved:
+            return Decision(301, name, redirect=self._moved(req, host, uri, args), hsts=https)
         return self._location(req, name, plan, uri, args, https)
 
     def _server(self, host: str) -> tuple[_Locations, str]:
