@@ -30,10 +30,11 @@ crc32(host \\0 port prev_hash)).
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 import sys
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
@@ -182,25 +183,28 @@ def _copy(text: str) -> str:
 
 @dataclass(slots=True, eq=False)
 class _Balancer:
-    """One upstream as the fast path needs it: its round-robin position,
-    shared by every location that proxies to it (nginx keeps one peer list
-    per upstream block), and the values a decision for it carries.
+    """One upstream as the fast path needs it: its round robin, shared by
+    every location that proxies to it (nginx keeps one peer list per
+    upstream block), and the values a decision for it carries.
 
     Those values are copies made while the router is built, so the objects a
     decision references for 1,000 upstreams sit together in a few pages
     instead of all over the model's heap: with 10,000 hosts and random
     requests, the time of a decision is mostly memory the CPU must fetch."""
 
-    next: int
-    endpoints: tuple[Endpoint, ...]
+    turn: Iterator[Endpoint]  # the endpoints in order, endlessly: next() is the round robin's choice
     name: str
     service: str
     port: int | str
+    endpoints: tuple[Endpoint, ...]
 
     @classmethod
     def of(cls, up: Upstream) -> _Balancer:
         endpoints = tuple(Endpoint(*ep) for ep in up.endpoints)
-        return cls(0, endpoints, _copy(up.name), _copy(up.service), up.port)
+        return cls(itertools.cycle(endpoints), _copy(up.name), _copy(up.service), up.port, endpoints)
+
+    def reset(self) -> None:
+        self.turn = itertools.cycle(self.endpoints)
 
 
 @dataclass(slots=True, eq=False)
@@ -277,22 +281,25 @@ class _Locations(dict[str, _Plan]):
         index.name, index.app_root, index.regexes = sys.intern(server.host), server.app_root, regexes
         return index
 
-    def inexact(self, uri: str, whole: _Plan | None) -> _Plan | None:
-        """The longest prefix location, unless a regex matches (nginx tries
-        the regexes in order after the prefixes). `whole` is the prefix
-        location named as the whole URI, if the caller found one."""
+    def find(self, uri: str) -> _Plan | None:
+        """The location for a URI (or its 301), or None."""
+        hit = self.get(uri)  # the `=` location or 301, else the prefix location named so: the longest prefix
+        return hit if hit is not None else self.inexact(uri)
+
+    def inexact(self, uri: str) -> _Plan | None:
+        """For a URI that names no location: the longest prefix location
+        shorter than it, or on a server of regexes the first that matches
+        (locations.py makes a server's locations all regexes or none)."""
         if not self:
             return next((plan for rx, plan in self.regexes if rx.match(uri)), None)
-        if whole is not None:
-            return whole
         n = len(uri)
         for length in self.lengths:
-            if length < n:  # length n is the URI itself: `whole`
+            if length < n:
                 hit = self.get(uri[:length])
                 if hit is not None:
-                    best = hit.twin if hit.exact else hit
-                    if best is not None:
-                        return best
+                    hit = hit.twin if hit.exact else hit
+                    if hit is not None:
+                        return hit
         return None
 
 
@@ -312,6 +319,7 @@ class Router:
         keep = model.config.keep_spec
         self._limit = size_bytes(model.config.default_body_size)
         self._balancers = {name: _Balancer.of(up) for name, up in self.upstreams.items()}
+        self._ingresses: dict[str, str] = {}  # each Ingress's name, copied as _Balancer's values are
         shared: dict[tuple[int, ...], tuple[int, ...]] = {}
         self.default = _Locations.build(model.servers[DEFAULT_SERVER], self._plan, keep, shared)
         for host, server in model.servers.items():
@@ -339,7 +347,7 @@ class Router:
             simple and same and not (redirect or rewrite or access),
             self._balancers[up.name] if up is not None else None,
             nl,
-            _copy(loc.ingress) if loc.ingress else None,
+            self._ingresses.setdefault(loc.ingress, _copy(loc.ingress)) if loc.ingress else None,
             None,
             False,
             service,
@@ -375,20 +383,17 @@ class Router:
         if uri == "/" and index.app_root:
             # a server-level `return`: no location, so no location's add_header (HSTS)
             return Decision(302, name, redirect=f"{scheme}://{req.host or host}{index.app_root}")
-        plan = index.get(uri)
-        if plan is None or not plan.exact:
-            plan = index.inexact(uri, plan)
+        plan = index.get(uri)  # as find(), inline
+        if plan is None:
+            plan = index.inexact(uri)
             if plan is None:
                 return Decision(404, name)
         if plan.fast and not content_length:
             up = plan.balancer
             assert up is not None  # a fast plan has an upstream
-            i = up.next
-            up.next = i + 1
-            endpoints = up.endpoints
             return _new(Decision, (
-                200, name, plan.nl, plan.ingress, up.service, up.port, endpoints[i % len(endpoints)], None, up.name,
-                target, None, False, https,
+                200, name, plan.nl, plan.ingress, up.service, up.port, next(up.turn), None, up.name, target, None,
+                False, https,
             ))  # fmt: skip
         if plan.moved:
             return Decision(301, name, redirect=self._moved(req, host, uri, args), hsts=https)
@@ -543,10 +548,7 @@ class Router:
         if key:
             endpoint = self._chash(up, key)
         else:  # no hash, or an empty key: round robin (ngx_http_upstream_get_chash_peer)
-            rr = self._balancers[up.name]
-            i = rr.next
-            rr.next = i + 1
-            endpoint = up.endpoints[i % len(up.endpoints)]
+            endpoint = next(self._balancers[up.name].turn)
         if up.affinity_cookie:
             cookie_out = f"{up.affinity_cookie}={endpoint.cookie}; Path={up.cookie_path}; HttpOnly"
         return endpoint, cookie_out
@@ -561,8 +563,8 @@ class Router:
 
     def reset(self) -> None:
         """What a reload does to nginx's balancer state."""
-        for rr in self._balancers.values():
-            rr.next = 0
+        for balancer in self._balancers.values():
+            balancer.reset()
 
 
 def chash_ring(endpoints: tuple[Endpoint, ...]) -> tuple[list[int], list[Endpoint]]:
