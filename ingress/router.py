@@ -30,11 +30,10 @@ crc32(host \\0 port prev_hash)).
 from __future__ import annotations
 
 import bisect
-import itertools
 import re
 import sys
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
@@ -192,19 +191,22 @@ class _Balancer:
     instead of all over the model's heap: with 10,000 hosts and random
     requests, the time of a decision is mostly memory the CPU must fetch."""
 
-    turn: Iterator[Endpoint]  # the endpoints in order, endlessly: next() is the round robin's choice
+    next: int  # how many requests it has sent: endpoints[next % len(endpoints)] is the next one
+    endpoints: tuple[Endpoint, ...]
     name: str
     service: str
     port: int | str
-    endpoints: tuple[Endpoint, ...]
 
     @classmethod
     def of(cls, up: Upstream) -> _Balancer:
         endpoints = tuple(Endpoint(*ep) for ep in up.endpoints)
-        return cls(itertools.cycle(endpoints), _copy(up.name), _copy(up.service), up.port, endpoints)
+        return cls(0, endpoints, _copy(up.name), _copy(up.service), up.port)
 
-    def reset(self) -> None:
-        self.turn = itertools.cycle(self.endpoints)
+    def choose(self) -> Endpoint:
+        """Smooth weighted round robin with equal weights: in order."""
+        i = self.next
+        self.next = i + 1
+        return self.endpoints[i % len(self.endpoints)]
 
 
 @dataclass(slots=True, eq=False)
@@ -391,9 +393,12 @@ class Router:
         if plan.fast and not content_length:
             up = plan.balancer
             assert up is not None  # a fast plan has an upstream
+            i = up.next  # up.choose(), inline
+            up.next = i + 1
+            endpoints = up.endpoints
             return _new(Decision, (
-                200, name, plan.nl, plan.ingress, up.service, up.port, next(up.turn), None, up.name, target, None,
-                False, https,
+                200, name, plan.nl, plan.ingress, up.service, up.port, endpoints[i % len(endpoints)], None, up.name,
+                target, None, False, https,
             ))  # fmt: skip
         if plan.moved:
             return Decision(301, name, redirect=self._moved(req, host, uri, args), hsts=https)
@@ -548,7 +553,7 @@ class Router:
         if key:
             endpoint = self._chash(up, key)
         else:  # no hash, or an empty key: round robin (ngx_http_upstream_get_chash_peer)
-            endpoint = next(self._balancers[up.name].turn)
+            endpoint = self._balancers[up.name].choose()
         if up.affinity_cookie:
             cookie_out = f"{up.affinity_cookie}={endpoint.cookie}; Path={up.cookie_path}; HttpOnly"
         return endpoint, cookie_out
@@ -564,7 +569,7 @@ class Router:
     def reset(self) -> None:
         """What a reload does to nginx's balancer state."""
         for balancer in self._balancers.values():
-            balancer.reset()
+            balancer.next = 0
 
 
 def chash_ring(endpoints: tuple[Endpoint, ...]) -> tuple[list[int], list[Endpoint]]:
