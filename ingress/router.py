@@ -267,7 +267,7 @@ class _Locations(dict[str, _Plan]):
         exact = {sys.intern(nl.name): plan(nl, server) for nl in nls if nl.modifier == "="}
         prefix = {sys.intern(nl.name): plan(nl, server) for nl in nls if nl.modifier == ""}
         regexes = tuple((re.compile(nl.name, re.IGNORECASE), plan(nl, server)) for nl in nls if nl.modifier == "~*")
-        # what inexact() relies on (locations.py): a prefix name ends in "/";
+        # what route() relies on (locations.py): a prefix name ends in "/";
         # a server's locations are all regexes or none
         assert all(name.endswith("/") for name in prefix) and not (regexes and (exact or prefix)), server.host
         index = cls(prefix)
@@ -287,21 +287,9 @@ class _Locations(dict[str, _Plan]):
         index.name, index.app_root, index.regexes = sys.intern(server.host), server.app_root, regexes
         return index
 
-    def inexact(self, uri: str) -> _Plan | None:
-        """For a URI that names no location: the longest prefix location
-        shorter than it, or on a server of regexes the first that matches
-        (locations.py makes a server's locations all regexes or none)."""
-        if not self:
-            return next((plan for rx, plan in self.regexes if rx.match(uri)), None)
-        n = len(uri)
-        for length in self.lengths:
-            if length < n:
-                hit = self.get(uri[:length])
-                if hit is not None:
-                    hit = hit.twin if hit.exact else hit
-                    if hit is not None:
-                        return hit
-        return None
+    def regex(self, uri: str) -> _Plan | None:
+        """On a server of regex locations: the first that matches."""
+        return next((plan for rx, plan in self.regexes if rx.match(uri)), None)
 
 
 _LABEL = re.compile(r"[\w-]+\Z", re.ASCII)  # buildServerName: ~^(?<subdomain>[\w-]+)\.example\.com$
@@ -385,10 +373,21 @@ class Router:
             # a server-level `return`: no location, so no location's add_header (HSTS)
             return Decision(302, name, redirect=f"{scheme}://{req.host or host}{index.app_root}")
         plan = index.get(uri)  # the `=` location (or 301) named so, else the prefix location named so: the longest
+        if plan is None and index:
+            # the longest prefix location shorter than the URI: its name is
+            # the URI's leading part of one of the lengths (loop inline: hot)
+            n = len(uri)
+            for length in index.lengths:
+                if length < n:
+                    plan = index.get(uri[:length])
+                    if plan is not None:
+                        plan = plan.twin if plan.exact else plan  # `= /a/` is no prefix; `/a/` may share its name
+                        if plan is not None:
+                            break
+        elif plan is None:  # locations.py makes a server's locations all regexes or none
+            plan = index.regex(uri)
         if plan is None:
-            plan = index.inexact(uri)
-            if plan is None:
-                return Decision(404, name)
+            return Decision(404, name)
         if plan.fast and not content_length:
             up = plan.balancer
             assert up is not None  # a fast plan has an upstream
