@@ -247,7 +247,8 @@ class Walk:
         tracked = entry is not None or ctstate != CT_NEW
         self.nat_done = {"dst": tracked, "src": tracked}
         self.abstract = False  # an established connection's binding left unknown (see apply_binding)
-        self.dst_local = False  # ... and whether its translated destination is this host
+        self.dst_local = False  # whether the destination is this host, while `dst` is unknown
+        self.to_local = False  # ... and whether the binding's translated destination is
         self.src_gone = False  # the source was rewritten to an address the plan does not know
         # control: the hooks still to run, the base chains left in this one,
         # and where in which chain the walk is (nft_do_chain's jump stack).
@@ -458,6 +459,7 @@ class Walk:
         if self.abstract:
             if manip == "dst" and (entry.dnat if self.direction == ORIGINAL else entry.snat) is not None:
                 self.dst = self.dport = None  # type: ignore[assignment]
+                self.dst_local = self.to_local
             elif manip == "src" and (entry.snat if self.direction == ORIGINAL else entry.dnat) is not None:
                 self.src_gone = True
                 self.sport = None  # type: ignore[assignment]
@@ -799,6 +801,8 @@ class Engine:
         self.conntrack = Conntrack()
         self.plans: dict[tuple[Any, ...], Plan] = {}
         self.fast: dict[tuple[int, int, int], Plan] = {}  # new, forwarded: (dst, dport, proto) -> plan
+        # tracked packets whose walk reads no destination: binding shape -> plan (see tracked_plan)
+        self.any_destination: dict[tuple[Any, ...], Plan] = {}
         self.hooks: dict[str, list[Chain]] = {}
         self.generation = 0  # bumped by every reset: a connection's remembered decision is for one table
         self.reset(table)
@@ -812,6 +816,7 @@ class Engine:
         self.generation += 1
         self.plans.clear()
         self.fast.clear()
+        self.any_destination.clear()
 
     # -- literal -----------------------------------------------------------------
 
@@ -1085,27 +1090,7 @@ class Engine:
                 and seen[3] == packet.local
             ):
                 return seen[4]
-        dnat, snat = entry.dnat, entry.snat
-        if direction == ORIGINAL:
-            to = dnat[0] if dnat is not None else packet.dst
-        else:
-            to = entry.orig[1] if snat is not None else packet.dst
-        key = (
-            ctstate,
-            direction,
-            packet.dst,
-            packet.proto,
-            packet.dport,
-            packet.local,
-            packet.iif,
-            dnat is not None,
-            snat is not None,
-            self.local.test(to),
-        )
-        plan = self.plans.get(key)
-        if plan is None:
-            plan = self.established_plan(packet, now, ctstate, entry, direction, key[-1])
-            self.remember(key, plan)
+        plan = self.tracked_plan(packet, now, ctstate, entry, direction)
         if plan is False:
             out, _ = self.walk(packet, now, ctstate, entry, direction)
             return out.decision
@@ -1125,13 +1110,57 @@ class Engine:
                 memo.reply = seen
         return decision
 
+    def tracked_plan(self, packet: Packet, now: float, ctstate: int, entry: CtEntry, direction: int) -> Plan:
+        """The plan for a packet of a tracked connection; False: walk literally.
+
+        Most such walks never read the destination (every check of kube-proxy's
+        table that does is behind `ct state new`), so one plan per binding shape
+        serves every connection, whichever service or client it belongs to: a
+        reply's destination is a client's address and port, so a plan keyed by
+        it would be built anew for every connection. Only when that plan reads
+        the destination is one built per destination address and port."""
+        dnat, snat = entry.dnat, entry.snat
+        if direction == ORIGINAL:
+            to = dnat[0] if dnat is not None else packet.dst
+        else:
+            to = entry.orig[1] if snat is not None else packet.dst
+        local = self.local.test
+        shape = (
+            ctstate,
+            direction,
+            packet.proto,
+            packet.local,
+            packet.iif,
+            dnat is not None,
+            snat is not None,
+            local(to),
+            local(packet.dst),
+        )
+        plan = self.any_destination.get(shape)
+        if plan is None:
+            plan = self.established_plan(packet, now, ctstate, entry, direction, shape[7], dst_known=False)
+            self.any_destination[shape] = plan
+        if plan is not False:
+            return plan
+        key = (ctstate, direction, packet.dst, packet.proto, packet.dport, packet.local, packet.iif, *shape[5:8])
+        plan = self.plans.get(key)
+        if plan is None:
+            plan = self.established_plan(packet, now, ctstate, entry, direction, shape[7], dst_known=True)
+            self.remember(key, plan)
+        return plan
+
     def established_plan(
-        self, packet: Packet, now: float, ctstate: int, entry: CtEntry, direction: int, to_local: bool
+        self, packet: Packet, now: float, ctstate: int, entry: CtEntry, direction: int, to_local: bool, dst_known: bool
     ) -> Plan:
         """Explored whole at once (an established packet's tree is small);
-        False when it reads an address the binding rewrote."""
+        False when it reads an address the binding rewrote or, unless
+        `dst_known`, the destination or a port. `to_local`: the binding's
+        translated destination is this host."""
         walk = Walk(self, packet, now, ctstate, entry, direction, oracle=[], src_known=False)
-        walk.abstract, walk.dst_local = True, to_local
+        walk.abstract, walk.to_local = True, to_local
+        if not dst_known:
+            walk.dst_local = self.local.test(packet.dst)
+            walk.dst = walk.dport = walk.sport = None  # type: ignore[assignment]
         try:
             return self.fill(self.expand(Pending(walk, _START)))
         except Unsupported:
