@@ -172,6 +172,10 @@ class Outcome:
 #   [NUMGEN, modulus, child_0, ... child_N-1]  child[reciprocal_scale(u32, modulus)]
 # leaves are Outcome objects, and a branch nobody has taken yet is a Pending.
 RANGE, VALUE, MEMBER, NUMGEN = 1, 2, 3, 4
+# A fact a walk read about the destination: (kind, expression, answer).
+CMP, LOOKUP, VMAP, LOCAL = "cmp", "lookup", "vmap", "local"
+Fact = tuple[str, Any, Any]
+REST_VARIANTS = 8  # remembered rests per boundary state (one per distinct set of facts)
 Plan = Any
 PLAN_CACHE_MAX = 200_000
 
@@ -261,10 +265,18 @@ class Walk:
         self.cur: Chain | None = None
         self.i = 0
         self.stack: list[tuple[Chain, int]] = []
+        # The rest of a symbolic new connection's walk, from a hook boundary,
+        # can be replayed from Engine.rests (see at_boundary): open recordings,
+        # and the facts about the destination read since they opened.
+        self.memo = self.symbolic and self.src is None and entry is None and steps is None
+        self.recs: list[tuple[tuple[Any, ...], int, int, int]] = []
+        self.facts: list[Fact] = []
 
     # -- the oracle ---------------------------------------------------------
 
     def ask(self, question: tuple[Any, ...]) -> Any:
+        if self.recs:
+            self.recs.clear()  # the rest of the walk depends on the source
         if question in self.asked:
             return self.asked[question]
         if self.pos >= len(self.oracle):
@@ -276,6 +288,8 @@ class Walk:
 
     def numgen(self, mod: int) -> int:
         # Never memoised: every evaluation is a fresh draw.
+        if self.recs:
+            self.recs.clear()
         if self.pos < len(self.oracle):
             answer: int = self.oracle[self.pos]
             self.pos += 1
@@ -309,6 +323,7 @@ class Walk:
         if self.src_gone:
             raise Unsupported("the source after an established connection's NAT")
         if nset.name in self.updated:
+            self.recs.clear()
             return True  # this very walk put the source there
         if self.src is not None:
             return member(nset, self.src, self.now)
@@ -378,6 +393,7 @@ class Walk:
         done; False when the walk is over."""
         while True:
             if self.stopped:
+                self.close_recordings()
                 return False
             if self.base_left:
                 chain = self.base_left.pop(0)
@@ -402,7 +418,10 @@ class Walk:
                     self.nat_done[self.manip] = True
                 self.apply_binding(self.manip)
                 self.hook_name = ""
+            if self.memo and self.at_boundary():
+                return False
             if not self.todo:
+                self.close_recordings()
                 return False
             phase = self.todo.pop(0)
             if phase == "route":  # after prerouting: to this host, or through it
@@ -417,7 +436,79 @@ class Walk:
                 self.nat_ran = False
 
     def dst_is_local(self) -> bool:
-        return self.dst_local if self.dst is None else self.eng.local.test(self.dst)
+        if self.dst is None:
+            return self.dst_local
+        found = self.eng.local.test(self.dst)
+        if self.recs:
+            self.facts.append((LOCAL, None, found))
+        return found
+
+    # -- the rest of a walk, remembered (see Engine.rests) ---------------------------
+
+    def rest_key(self) -> tuple[Any, ...]:
+        """Everything the rest of a walk from a hook boundary reads, but the
+        destination address and port (read through recorded facts) and the
+        source address and port (a walk that reads them is never remembered)."""
+        nat = self.nat_done
+        return (
+            *self.todo,
+            self.proto,
+            self.mark,
+            self.ctstate,
+            self.iif,
+            self.local,
+            nat["dst"],
+            nat["src"],
+            self.masquerade,
+            self.dnat is None,
+        )
+
+    def at_boundary(self) -> bool:
+        """Between two hooks of a symbolic new connection's walk. Should a walk
+        from the same state have read the same facts about the destination as
+        this one's would, it took the same path: its outcome is replayed here
+        and True returned. Otherwise a recording of this walk's rest opens."""
+        key = self.rest_key()
+        for facts, rest in self.eng.rests.get(key, ()):
+            if all(self.holds(fact) for fact in facts):
+                if self.recs:
+                    self.facts.extend(facts)  # an enclosing recording read them too
+                self.rules += rest[0]
+                self.lookups += rest[1]
+                self.mark, self.final, self.masquerade = rest[2:5]
+                self.nat_done = {"dst": rest[5], "src": rest[6]}
+                self.stopped, self.todo = True, []  # the walk is over
+                self.close_recordings()
+                return True
+        self.recs.append((key, len(self.facts), self.rules, self.lookups))
+        return False
+
+    def close_recordings(self) -> None:
+        """The walk is over: every recording still open is a rest to remember."""
+        if not self.recs:
+            return
+        nat = self.nat_done
+        for key, start, rules, lookups in self.recs:
+            rest = (self.rules - rules, self.lookups - lookups, self.mark, self.final, self.masquerade)
+            known = self.eng.rests.setdefault(key, [])
+            if len(known) < REST_VARIANTS:
+                known.append((tuple(self.facts[start:]), (*rest, nat["dst"], nat["src"])))
+        self.recs.clear()
+
+    def holds(self, fact: Fact) -> bool:
+        """A recorded fact about the destination, true of this walk too."""
+        kind, e, answer = fact
+        if kind == LOCAL:
+            return self.eng.local.test(self.dst) == answer
+        lookups = self.lookups  # the replayed rest counts them
+        try:
+            if kind == CMP:
+                return self.cmp_answer(e) == answer
+            if kind == LOOKUP:
+                return self.lookup_answer(e) == answer
+            return self.vmap_answer(e)[1:] == answer
+        finally:
+            self.lookups = lookups
 
     def end_base_chain(self, verdict: str | None) -> None:
         chain = self.cur
@@ -446,6 +537,7 @@ class Walk:
         twin.actions = list(self.actions)
         twin.updated = set(self.updated)
         twin.nat_done = dict(self.nat_done)
+        twin.recs, twin.facts = [], []
         return twin
 
     def apply_binding(self, manip: str) -> None:
@@ -484,6 +576,7 @@ class Walk:
         spn = parse_chain_service(chain)
         if spn is not None:
             self.service = spn
+            self.recs.clear()  # a remembered rest does not name services
 
     def eval_rule(self, chain: Chain, rule: Rule) -> VerdictT | None:
         """One rule: None when it did not match or matched without a verdict."""
@@ -546,6 +639,8 @@ class Walk:
             if self.proto not in (6, 17, 132):
                 return None
             port = self.dport if f == DPORT else self.sport
+            if f == SPORT:
+                self.recs.clear()
             if port is None:
                 raise Unsupported("a port after an established connection's NAT")
             return port
@@ -578,6 +673,14 @@ class Walk:
             self.lookups += 1
             kind = FIB_LOCAL if self.src_local() else FIB_UNICAST
             return value.test(kind) != e.negate
+        hit = self.cmp_answer(e)
+        if self.recs and sel.field in (DADDR, DPORT):
+            self.facts.append((CMP, e, hit))
+        return hit
+
+    def cmp_answer(self, e: Cmp) -> bool:
+        """`cmp` on a field other than the source address."""
+        sel, value = e.sel, e.value
         v = self.field(sel)
         if v is None:
             return False
@@ -613,29 +716,43 @@ class Walk:
                 left = "" if expires is None else f", expires in {expires - self.now:.0f}s"
                 self.affinity = f"hit: {int_to_ip(self.src)} is in @{nset.name}{left}"
             return found != e.negate
+        found = self.lookup_answer(e)
+        if self.recs and _reads_destination(e.sels):
+            self.facts.append((LOOKUP, e, found))
+        return found
+
+    def lookup_answer(self, e: Lookup) -> bool:
+        """A lookup keyed by anything but the source address alone."""
         key = self.key(e.sels)
-        found = key is not None and member(nset, key, self.now)
+        found = key is not None and member(self.named_set(e.set_name), key, self.now)
         return found != e.negate
 
     def vmap(self, e: VMap) -> VerdictT | None:
         self.lookups += 1
+        key, verdict, comment = self.vmap_answer(e)
+        if self.recs and _reads_destination(e.sels):
+            self.facts.append((VMAP, e, (verdict, comment)))
+        if self.steps is not None and e.map_name:
+            shown = "-" if key is None else format_key(tuple(s.field for s in e.sels), key)
+            got = "no element" if verdict is None else format_verdict(verdict)
+            self.steps.append(Step("lookup", f"{shown} in @{e.map_name}: {got}"))
+        if comment:
+            self.service = _spn_from_comment(comment, self.proto)
+            self.recs.clear()  # a remembered rest does not name services
+        return verdict
+
+    def vmap_answer(self, e: VMap) -> tuple[Any, VerdictT | None, str | None]:
+        """A verdict map's key for this packet, its verdict, and the comment of
+        the element that gave it (kube-proxy's no-endpoint elements name their service)."""
         key = self.key(e.sels)
         if e.map_name:
             nset = self.named_set(e.map_name)
             verdict = None if key is None else nset.verdicts.get(key)
-            if self.steps is not None:
-                shown = "-" if key is None else format_key(tuple(s.field for s in e.sels), key)
-                got = "no element" if verdict is None else format_verdict(verdict)
-                self.steps.append(Step("lookup", f"{shown} in @{e.map_name}: {got}"))
-            if verdict is not None:
-                comment = nset.comments.get(key)
-                if comment:
-                    self.service = _spn_from_comment(comment, self.proto)
-            return verdict
+            return key, verdict, None if verdict is None else nset.comments.get(key)
         for k, verdict in e.anon:
             if k == key:
-                return verdict
-        return None
+                return key, verdict, None
+        return key, None, None
 
     def eval_numgen(self, e: Numgen) -> VerdictT | None:
         self.lookups += 1
@@ -660,6 +777,7 @@ class Walk:
             self.mark = e.value
 
     def do_dnat(self, e: Dnat, rule: Rule) -> None:
+        self.recs.clear()  # a remembered rest keeps the destination as it found it
         port = self.dport if e.port is None else e.port
         self.dnat = (e.addr, port)
         self.dst, self.dport = e.addr, port
@@ -667,6 +785,7 @@ class Walk:
             self.steps.append(Step("nat", rule.text(), {"to": f"{int_to_ip(e.addr)}:{port}"}))
 
     def set_update(self, e: SetUpdate) -> None:
+        self.recs.clear()  # a remembered rest changes no set
         nset = self.named_set(e.set_name)
         timeout = e.timeout if e.timeout is not None else nset.timeout
         if len(e.sels) != 1 or e.sels[0].field != SADDR or timeout is None:
@@ -762,6 +881,10 @@ def established_decision(final: str, rules: int, lookups: int, entry: CtEntry, d
     return Decision(verdict, None if stopped else dnat, masquerade, rules, lookups, service, True)
 
 
+def _reads_destination(sels: tuple[Selector, ...]) -> bool:
+    return any(sel.field in (DADDR, DPORT) for sel in sels)
+
+
 def member(nset: NftSet, key: Any, now: float) -> bool:
     """nft_lookup: present and not expired (nft_set_elem_expired: now >= expiration)."""
     expires = nset.members.get(key, _MISSING)
@@ -803,6 +926,8 @@ class Engine:
         self.fast: dict[tuple[int, int, int], Plan] = {}  # new, forwarded: (dst, dport, proto) -> plan
         # tracked packets whose walk reads no destination: binding shape -> plan (see tracked_plan)
         self.any_destination: dict[tuple[Any, ...], Plan] = {}
+        # rests of symbolic walks from a hook boundary: state -> [(facts, outcome)] (see Walk.at_boundary)
+        self.rests: dict[tuple[Any, ...], list[tuple[tuple[Fact, ...], tuple[Any, ...]]]] = {}
         self.hooks: dict[str, list[Chain]] = {}
         self.generation = 0  # bumped by every reset: a connection's remembered decision is for one table
         self.reset(table)
@@ -817,6 +942,7 @@ class Engine:
         self.plans.clear()
         self.fast.clear()
         self.any_destination.clear()
+        self.rests.clear()
 
     # -- literal -----------------------------------------------------------------
 
@@ -983,7 +1109,7 @@ class Engine:
             child = node[i] = self.expand(pending)
         except Unsupported:
             w = pending.walk.fork(pending.answer)
-            w.symbolic, w.src = False, packet[1]
+            w.symbolic, w.src, w.memo = False, packet[1], False
             w.run()
             raise FinishedLiterally(w.outcome(not w.opens)) from None
         return child
