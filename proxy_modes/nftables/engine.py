@@ -176,6 +176,7 @@ RANGE, VALUE, MEMBER, NUMGEN = 1, 2, 3, 4
 CMP, LOOKUP, VMAP, LOCAL = "cmp", "lookup", "vmap", "local"
 Fact = tuple[str, Any, Any]
 REST_VARIANTS = 8  # remembered rests per boundary state (one per distinct set of facts)
+HOOKS = frozenset(("prerouting", "input", "forward", "output", "postrouting"))  # the walk's phases that are hooks
 Plan = Any
 PLAN_CACHE_MAX = 200_000
 
@@ -418,7 +419,7 @@ class Walk:
                     self.nat_done[self.manip] = True
                 self.apply_binding(self.manip)
                 self.hook_name = ""
-            if self.memo and self.at_boundary():
+            if self.memo and self.todo and self.todo[0] in HOOKS and self.at_boundary():
                 return False
             if not self.todo:
                 self.close_recordings()

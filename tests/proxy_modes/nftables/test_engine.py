@@ -698,3 +698,62 @@ def test_conntrack_timeouts_are_kube_proxys() -> None:
     entry = m.conntrack.lookup(packet("10.0.0.2", 1000, "172.30.0.41", 80)[:5], 1.0)
     assert entry is not None and entry[0].expires == 1.0 + 86400
     assert m.conntrack.timeouts.tcp[CLOSE_WAIT] == 3600
+
+
+GUARDED = """table ip kube-proxy {
+\tset blocked {
+\t\ttype ipv4_addr
+\t\telements = { 10.1.0.2 }
+\t}
+
+\tchain nat-prerouting {
+\t\ttype nat hook prerouting priority dstnat; policy accept;
+\t\tip daddr 172.30.0.1 meta l4proto tcp dnat to 10.1.0.1:80
+\t\tip daddr 172.30.0.2 meta l4proto tcp dnat to 10.1.0.2:80
+\t\tip daddr 172.30.0.3 meta l4proto tcp dnat to 10.1.0.3:80
+\t}
+
+\tchain filter-forward {
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tip daddr @blocked drop
+\t}
+}
+"""
+
+
+def test_a_remembered_rest_is_replayed_only_where_its_facts_hold() -> None:
+    """The rest of a plan's walk from a hook on is remembered with what it
+    read about the destination: 10.1.0.3 passes the same checks as 10.1.0.1
+    and is replayed; 10.1.0.2 is in @blocked and gets a walk (and a rest) of
+    its own."""
+    m, literal = NftablesMode(random.Random(3)), NftablesMode(random.Random(3))
+    for each in (m, literal):
+        each.load_capture(GUARDED, [parse_ip(NODE_IP)], "guarded.nft")
+    got = {}
+    for n, dst in enumerate(["172.30.0.1", "172.30.0.2", "172.30.0.3", "172.30.0.1"]):
+        p = packet("10.0.0.2", 1000 + n, dst, 80)
+        got[dst] = m.route(p, 0.0)
+        out, _ = literal.engine.walk(p, 0.0, CT_NEW)
+        assert got[dst] == out.decision, dst
+    assert got["172.30.0.2"].verdict is Verdict.DROP
+    assert got["172.30.0.1"].verdict is got["172.30.0.3"].verdict is Verdict.DNAT
+    # From the forward hook on: 10.1.0.1's rest (replayed for 10.1.0.3) and
+    # 10.1.0.2's; from postrouting on: one, which reads nothing. (From the
+    # first hook on: none, as a walk that DNATs is not remembered.)
+    variants = sorted(len(known) for known in m.engine.rests.values())
+    assert variants == [1, 2], m.engine.rests
+
+
+def test_tracked_packets_share_one_plan_per_binding_shape() -> None:
+    """Later packets of connections to every service and from every client
+    (a reply's destination is the client's address and port) use one plan
+    per binding shape: none is built per destination."""
+    m = mode(rich_services(), seed=6)
+    for n in range(40):
+        syn = packet(f"10.0.0.{2 + n % 7}", 3000 + n, ["172.30.0.41", "172.30.0.42", "172.30.0.43"][n % 3], 80)
+        d = m.route(syn, 0.0)
+        assert d.endpoint is not None
+        assert m.route(Packet(TCP, *d.endpoint, syn.src, syn.sport, flags=SYN | ACK), 0.1).established
+        assert m.route(syn._replace(flags=ACK), 0.2).verdict is Verdict.DNAT
+    assert all(key[0] == CT_NEW for key in m.engine.plans), [k for k in m.engine.plans if k[0] != CT_NEW]
+    assert len(m.engine.any_destination) <= 4
