@@ -37,6 +37,7 @@ binding shape, the addresses the binding rewrites left unknown to it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -176,6 +177,8 @@ RANGE, VALUE, MEMBER, NUMGEN = 1, 2, 3, 4
 CMP, LOOKUP, VMAP, LOCAL = "cmp", "lookup", "vmap", "local"
 Fact = tuple[str, Any, Any]
 REST_VARIANTS = 8  # remembered rests per boundary state (one per distinct set of facts)
+_NO_NAMES: frozenset[str] = frozenset()
+_NO_FACTS: list[Fact] = []  # never appended to: Walk.facts until a recording opens
 HOOKS = frozenset(("prerouting", "input", "forward", "output", "postrouting"))  # the walk's phases that are hooks
 Plan = Any
 PLAN_CACHE_MAX = 200_000
@@ -238,11 +241,13 @@ class Walk:
         # Symbolic: answers come from the oracle and nothing is changed. A
         # concrete walk may still hold answers (a branch finished concretely).
         self.symbolic = oracle is not None
-        self.oracle: list[Any] = [] if oracle is None else oracle
+        self.oracle: Sequence[Any] = () if oracle is None else oracle
         self.pos = 0
         self.asked: dict[tuple[Any, ...], Any] = {}
-        self.actions: list[tuple[NftSet, float, str]] = []
-        self.updated: set[str] = set()
+        # Immutable (replaced, never changed in place), so that a fork shares them:
+        # the walks that wait in a plan's unexplored branches are many.
+        self.actions: tuple[tuple[NftSet, float, str], ...] = ()
+        self.updated: frozenset[str] = _NO_NAMES
         self.steps = steps
         self.service: ServicePortName | None = None
         self.affinity: str | None = None
@@ -270,14 +275,13 @@ class Walk:
         # can be replayed from Engine.rests (see at_boundary): open recordings,
         # and the facts about the destination read since they opened.
         self.memo = self.symbolic and self.src is None and entry is None and steps is None
-        self.recs: list[tuple[tuple[Any, ...], int, int, int]] = []
-        self.facts: list[Fact] = []
+        self.recs: list[tuple[tuple[Any, ...], int, int, int]] | None = None
+        self.facts: list[Fact] = _NO_FACTS  # a list of its own once a recording opens
 
     # -- the oracle ---------------------------------------------------------
 
     def ask(self, question: tuple[Any, ...]) -> Any:
-        if self.recs:
-            self.recs.clear()  # the rest of the walk depends on the source
+        self.recs = None  # the rest of the walk depends on the source
         if question in self.asked:
             return self.asked[question]
         if self.pos >= len(self.oracle):
@@ -289,8 +293,7 @@ class Walk:
 
     def numgen(self, mod: int) -> int:
         # Never memoised: every evaluation is a fresh draw.
-        if self.recs:
-            self.recs.clear()
+        self.recs = None
         if self.pos < len(self.oracle):
             answer: int = self.oracle[self.pos]
             self.pos += 1
@@ -324,7 +327,7 @@ class Walk:
         if self.src_gone:
             raise Unsupported("the source after an established connection's NAT")
         if nset.name in self.updated:
-            self.recs.clear()
+            self.recs = None
             return True  # this very walk put the source there
         if self.src is not None:
             return member(nset, self.src, self.now)
@@ -473,7 +476,7 @@ class Walk:
         for facts, rest in self.eng.rests.get(key, ()):
             if all(self.holds(fact) for fact in facts):
                 if self.recs:
-                    self.facts.extend(facts)  # an enclosing recording read them too
+                    self.facts += facts  # an enclosing recording read them too
                 self.rules += rest[0]
                 self.lookups += rest[1]
                 self.mark, self.final, self.masquerade = rest[2:5]
@@ -481,6 +484,8 @@ class Walk:
                 self.stopped, self.todo = True, []  # the walk is over
                 self.close_recordings()
                 return True
+        if not self.recs:
+            self.recs, self.facts = [], []
         self.recs.append((key, len(self.facts), self.rules, self.lookups))
         return False
 
@@ -494,7 +499,7 @@ class Walk:
             known = self.eng.rests.setdefault(key, [])
             if len(known) < REST_VARIANTS:
                 known.append((tuple(self.facts[start:]), (*rest, nat["dst"], nat["src"])))
-        self.recs.clear()
+        self.recs = None
 
     def holds(self, fact: Fact) -> bool:
         """A recorded fact about the destination, true of this walk too."""
@@ -530,15 +535,13 @@ class Walk:
         """A copy of this (rewound) walk that will take `answer` to its pending question."""
         twin = object.__new__(Walk)
         twin.__dict__.update(self.__dict__)
-        twin.oracle, twin.pos = [answer], 0
+        twin.oracle, twin.pos = (answer,), 0
         twin.asked = dict(self.asked)
         twin.stack = list(self.stack)
         twin.todo = list(self.todo)
         twin.base_left = list(self.base_left)
-        twin.actions = list(self.actions)
-        twin.updated = set(self.updated)
         twin.nat_done = dict(self.nat_done)
-        twin.recs, twin.facts = [], []
+        twin.recs, twin.facts = None, _NO_FACTS
         return twin
 
     def apply_binding(self, manip: str) -> None:
@@ -577,7 +580,7 @@ class Walk:
         spn = parse_chain_service(chain)
         if spn is not None:
             self.service = spn
-            self.recs.clear()  # a remembered rest does not name services
+            self.recs = None  # a remembered rest does not name services
 
     def eval_rule(self, chain: Chain, rule: Rule) -> VerdictT | None:
         """One rule: None when it did not match or matched without a verdict."""
@@ -641,7 +644,7 @@ class Walk:
                 return None
             port = self.dport if f == DPORT else self.sport
             if f == SPORT:
-                self.recs.clear()
+                self.recs = None
             if port is None:
                 raise Unsupported("a port after an established connection's NAT")
             return port
@@ -739,7 +742,7 @@ class Walk:
             self.steps.append(Step("lookup", f"{shown} in @{e.map_name}: {got}"))
         if comment:
             self.service = _spn_from_comment(comment, self.proto)
-            self.recs.clear()  # a remembered rest does not name services
+            self.recs = None  # a remembered rest does not name services
         return verdict
 
     def vmap_answer(self, e: VMap) -> tuple[Any, VerdictT | None, str | None]:
@@ -778,7 +781,7 @@ class Walk:
             self.mark = e.value
 
     def do_dnat(self, e: Dnat, rule: Rule) -> None:
-        self.recs.clear()  # a remembered rest keeps the destination as it found it
+        self.recs = None  # a remembered rest keeps the destination as it found it
         port = self.dport if e.port is None else e.port
         self.dnat = (e.addr, port)
         self.dst, self.dport = e.addr, port
@@ -786,7 +789,7 @@ class Walk:
             self.steps.append(Step("nat", rule.text(), {"to": f"{int_to_ip(e.addr)}:{port}"}))
 
     def set_update(self, e: SetUpdate) -> None:
-        self.recs.clear()  # a remembered rest changes no set
+        self.recs = None  # a remembered rest changes no set
         nset = self.named_set(e.set_name)
         timeout = e.timeout if e.timeout is not None else nset.timeout
         if len(e.sels) != 1 or e.sels[0].field != SADDR or timeout is None:
@@ -797,13 +800,13 @@ class Walk:
                 nset.members[key] = None if timeout is None else self.now + timeout
             return
         if self.symbolic:
-            self.actions.append((nset, timeout, e.op))
-            self.updated.add(nset.name)
+            self.actions += ((nset, timeout, e.op),)
+            self.updated |= {nset.name}
             return
         assert self.src is not None
         was = member(nset, self.src, self.now)
         apply_update(nset, self.src, self.now, timeout, e.op)
-        self.updated.add(nset.name)
+        self.updated |= {nset.name}
         if self.steps is not None and not was:
             self.affinity = f"new: {int_to_ip(self.src)} recorded in @{nset.name} for {timeout:.0f}s"
 
@@ -813,7 +816,7 @@ class Walk:
         final = self.final
         if established and self.entry is not None:
             decision = established_decision(final, self.rules, self.lookups + 1, self.entry, self.direction)
-            return Outcome(decision, None, False, tuple(self.actions), final, False)
+            return Outcome(decision, None, False, self.actions, final, False)
         stopped = final in ("drop", "reject")
         if final == "drop":
             verdict = Verdict.DROP
@@ -830,7 +833,7 @@ class Walk:
             self.service,
             False,
         )
-        return Outcome(decision, self.dnat, self.masquerade, tuple(self.actions), final, self.opens)
+        return Outcome(decision, self.dnat, self.masquerade, self.actions, final, self.opens)
 
 
 def tracked_ctstate(entry: CtEntry, direction: int, valid: bool) -> int:
