@@ -261,16 +261,17 @@ class Walk:
         self.to_local = False  # ... and whether the binding's translated destination is
         self.src_gone = False  # the source was rewritten to an address the plan does not know
         # control: the hooks still to run, the base chains left in this one,
-        # and where in which chain the walk is (nft_do_chain's jump stack).
-        self.todo: list[str] = ["output", "postrouting", "loopback"] if self.local else ["prerouting", "route"]
+        # and where in which chain the walk is (nft_do_chain's jump stack). Tuples
+        # and a dict replaced on change, never changed in place, as above.
+        self.todo: tuple[str, ...] = ("output", "postrouting", "loopback") if self.local else ("prerouting", "route")
         self.hook_name = ""
         self.manip = "dst"
-        self.base_left: list[Chain] = []
+        self.base_left: tuple[Chain, ...] = ()
         self.nat_ran = False
         self.stopped = False
         self.cur: Chain | None = None
         self.i = 0
-        self.stack: list[tuple[Chain, int]] = []
+        self.stack: tuple[tuple[Chain, int], ...] = ()
         # The rest of a symbolic new connection's walk, from a hook boundary,
         # can be replayed from Engine.rests (see at_boundary): open recordings,
         # and the facts about the destination read since they opened.
@@ -353,7 +354,7 @@ class Walk:
                 if not self.stack:
                     self.end_base_chain(None)
                     continue
-                back, self.i = self.stack.pop()
+                (back, self.i), self.stack = self.stack[-1], self.stack[:-1]
                 if self.steps is not None:
                     self.steps.append(Step("return", f"end of {cur.name}: back to {back.name}"))
                 self.cur = back
@@ -377,7 +378,7 @@ class Walk:
             kind = verdict[0]
             if kind in ("jump", "goto"):
                 if kind == "jump":
-                    self.stack.append((cur, self.i))
+                    self.stack += ((cur, self.i),)
                 self.cur, self.i = self.chain(verdict[1]), 0
                 if "/" in verdict[1]:
                     self.note_service(verdict[1])
@@ -385,7 +386,7 @@ class Walk:
                 if not self.stack:
                     self.end_base_chain(None)
                     continue
-                back, self.i = self.stack.pop()
+                (back, self.i), self.stack = self.stack[-1], self.stack[:-1]
                 if self.steps is not None:
                     self.steps.append(Step("return", f"return from {cur.name} to {back.name}"))
                 self.cur = back
@@ -400,7 +401,7 @@ class Walk:
                 self.close_recordings()
                 return False
             if self.base_left:
-                chain = self.base_left.pop(0)
+                chain, self.base_left = self.base_left[0], self.base_left[1:]
                 assert chain.base is not None
                 if chain.base.type == "nat":
                     if self.nat_done[self.manip]:
@@ -413,13 +414,13 @@ class Walk:
                             "chain", f"{self.hook_name} hook: chain {chain.name} (type {b.type}, priority {b.priority})"
                         )
                     )
-                self.cur, self.i, self.stack = chain, 0, []
+                self.cur, self.i, self.stack = chain, 0, ()
                 if "/" in chain.name:
                     self.note_service(chain.name)
                 return True
             if self.hook_name:
                 if self.nat_ran:
-                    self.nat_done[self.manip] = True
+                    self.nat_done = {**self.nat_done, self.manip: True}
                 self.apply_binding(self.manip)
                 self.hook_name = ""
             if self.memo and self.todo and self.todo[0] in HOOKS and self.at_boundary():
@@ -427,16 +428,16 @@ class Walk:
             if not self.todo:
                 self.close_recordings()
                 return False
-            phase = self.todo.pop(0)
+            phase, self.todo = self.todo[0], self.todo[1:]
             if phase == "route":  # after prerouting: to this host, or through it
-                self.todo[:0] = ["input"] if self.dst_is_local() else ["forward", "postrouting"]
+                self.todo = (("input",) if self.dst_is_local() else ("forward", "postrouting")) + self.todo
             elif phase == "loopback":  # sent by the host to itself: back in through lo
                 if self.dst_is_local():
-                    self.todo[:0] = ["prerouting", "input"]
+                    self.todo = ("prerouting", "input", *self.todo)
             else:
                 self.hook_name = phase
                 self.manip = "dst" if phase in ("prerouting", "output") else "src"
-                self.base_left = list(self.eng.hooks[phase])
+                self.base_left = self.eng.hooks[phase]
                 self.nat_ran = False
 
     def dst_is_local(self) -> bool:
@@ -481,7 +482,7 @@ class Walk:
                 self.lookups += rest[1]
                 self.mark, self.final, self.masquerade = rest[2:5]
                 self.nat_done = {"dst": rest[5], "src": rest[6]}
-                self.stopped, self.todo = True, []  # the walk is over
+                self.stopped, self.todo = True, ()  # the walk is over
                 self.close_recordings()
                 return True
         if not self.recs:
@@ -518,7 +519,7 @@ class Walk:
 
     def end_base_chain(self, verdict: str | None) -> None:
         chain = self.cur
-        self.cur, self.stack = None, []
+        self.cur, self.stack = None, ()
         if verdict is None and chain is not None and chain.base is not None and chain.base.policy == "drop":
             verdict = "drop"
         if verdict in ("drop", "reject"):
@@ -537,10 +538,6 @@ class Walk:
         twin.__dict__.update(self.__dict__)
         twin.oracle, twin.pos = (answer,), 0
         twin.asked = dict(self.asked)
-        twin.stack = list(self.stack)
-        twin.todo = list(self.todo)
-        twin.base_left = list(self.base_left)
-        twin.nat_done = dict(self.nat_done)
         twin.recs, twin.facts = None, _NO_FACTS
         return twin
 
@@ -932,7 +929,7 @@ class Engine:
         self.any_destination: dict[tuple[Any, ...], Plan] = {}
         # rests of symbolic walks from a hook boundary: state -> [(facts, outcome)] (see Walk.at_boundary)
         self.rests: dict[tuple[Any, ...], list[tuple[tuple[Fact, ...], tuple[Any, ...]]]] = {}
-        self.hooks: dict[str, list[Chain]] = {}
+        self.hooks: dict[str, tuple[Chain, ...]] = {}
         self.generation = 0  # bumped by every reset: a connection's remembered decision is for one table
         self.reset(table)
 
@@ -940,7 +937,9 @@ class Engine:
         """A new or changed table: plans forgotten, base chains re-read
         (a partial sync never touches them)."""
         if not same_base_chains or table is not self.table:
-            self.hooks = {h: table.base_chains(h) for h in ("prerouting", "input", "forward", "output", "postrouting")}
+            self.hooks = {
+                h: tuple(table.base_chains(h)) for h in ("prerouting", "input", "forward", "output", "postrouting")
+            }
         self.table = table
         self.generation += 1
         self.plans.clear()
