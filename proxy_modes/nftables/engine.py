@@ -44,9 +44,11 @@ from typing import TYPE_CHECKING, Any
 
 from netem.addr import int_to_ip
 from netem.conntrack import (
+    ASSURED,
     INVALID,
     NONE,
     ORIGINAL,
+    REPLY,
     SEEN_REPLY,
     Conntrack,
     CtEntry,
@@ -54,8 +56,9 @@ from netem.conntrack import (
     kube_proxy_timeouts,
     tcp_next_state,
 )
+from netem.conntrack import ESTABLISHED as TCP_ESTABLISHED
 from netem.errors import RulesetError, UsageError, Where
-from netem.packet import TCP, UDP, Packet, proto_name
+from netem.packet import ACK, TCP, UDP, Packet, proto_name
 
 from ..base import Decision, Reach, Ruleset, Step, Trace, Verdict
 from ..view import NodeView, ServicePortName
@@ -100,6 +103,8 @@ from .syntax import (
 if TYPE_CHECKING:
     import random
 
+_REPLIED_ASSURED = SEEN_REPLY | ASSURED
+_ACK_CLASS = 0x17  # SYN | FIN | RST | ACK: a segment is of the ACK class when only ACK of these is set
 CT_NEW, CT_ESTABLISHED, CT_INVALID = CT_STATES["new"], CT_STATES["established"], CT_STATES["invalid"]
 FIB_UNICAST, FIB_LOCAL = 1, 2
 _MISSING = object()
@@ -1189,7 +1194,37 @@ class Engine:
             self.fast[(key[1], key[3], key[2])] = False
 
     def route(self, packet: Packet, now: float) -> Decision:
-        tracked = self.conntrack.track(packet[:5], packet.flags, now)
+        flow = packet[:5]
+        conntrack = self.conntrack
+        entry = conntrack.by_tuple.get(flow)
+        if (
+            entry is not None
+            and packet[7] & _ACK_CLASS == ACK
+            and entry.expires > now
+            and entry.state == TCP_ESTABLISHED
+            and entry.status & _REPLIED_ASSURED == _REPLIED_ASSURED
+            and packet[0] == TCP
+        ):
+            # Conntrack.update for the commonest packet, inlined: a segment of
+            # the ACK class (no SYN, FIN or RST) keeps an established,
+            # answered, assured TCP connection as it is and refreshes its
+            # timer (tcp_conntracks[dir][TCP_ACK_SET][ESTABLISHED]); its ct
+            # state is established, and its decision usually remembered.
+            entry.expires = now + conntrack.timeouts.tcp[TCP_ESTABLISHED]
+            direction = ORIGINAL if entry.orig == flow else REPLY
+            memo = entry.data
+            if memo.__class__ is FlowCache:
+                seen = memo.orig if direction == ORIGINAL else memo.reply
+                if (
+                    seen is not None
+                    and seen[0] == self.generation
+                    and seen[1] == CT_ESTABLISHED
+                    and seen[2] == packet[6]
+                    and seen[3] == packet[5]
+                ):
+                    return seen[4]
+            return self.route_established(packet, (entry, direction, True), now)
+        tracked = conntrack.track(flow, packet.flags, now)
         if tracked is not None:
             return self.route_established(packet, tracked, now)
         out = self.decide(packet, now)
