@@ -31,8 +31,12 @@ and later ones a dict lookup and two or three comparisons. The verdict, the
 endpoint, the random draws and the reported cost are the literal walk's by
 construction (a differential test holds them together, packet by packet);
 what the compiler cannot reason about is finished and then walked literally.
-Packets of established connections share one plan per service address and
-binding shape, the addresses the binding rewrites left unknown to it.
+The rest of a plan's walk from a hook boundary is remembered with the facts it
+read about the destination, and replayed for destinations of which they hold
+(`Walk.at_boundary`): every endpoint of every service passes the same forward
+and postrouting checks. Packets of tracked connections share one plan per
+binding shape, the addresses the binding rewrites (and, unless the walk reads
+it, the destination) left unknown to it (`Engine.tracked_plan`).
 """
 
 from __future__ import annotations
@@ -263,7 +267,7 @@ class Walk:
         self.nat_done = {"dst": tracked, "src": tracked}
         self.abstract = False  # an established connection's binding left unknown (see apply_binding)
         self.dst_local = False  # whether the destination is this host, while `dst` is unknown
-        self.to_local = False  # ... and whether the binding's translated destination is
+        self.to_local = False  # ... and whether the binding's translated destination is this host
         self.src_gone = False  # the source was rewritten to an address the plan does not know
         # control: the hooks still to run, the base chains left in this one,
         # and where in which chain the walk is (nft_do_chain's jump stack). Tuples
