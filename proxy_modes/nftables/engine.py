@@ -56,7 +56,6 @@ from netem.conntrack import (
     SEEN_REPLY,
     Conntrack,
     CtEntry,
-    FlowCache,
     kube_proxy_timeouts,
     tcp_next_state,
 )
@@ -885,8 +884,7 @@ def established_decision(final: str, rules: int, lookups: int, entry: CtEntry, d
     else:
         verdict = Verdict.ACCEPT
     stopped = final != "accept"
-    data = entry.data.service if isinstance(entry.data, FlowCache) else entry.data
-    service = data if isinstance(data, ServicePortName) else None
+    service = entry.data if isinstance(entry.data, ServicePortName) else None
     masquerade = not stopped and entry.snat is not None
     return Decision(verdict, None if stopped else dnat, masquerade, rules, lookups, service, True)
 
@@ -1216,17 +1214,15 @@ class Engine:
             # state is established, and its decision usually remembered.
             entry.expires = now + conntrack.timeouts.tcp[TCP_ESTABLISHED]
             direction = ORIGINAL if entry.orig == flow else REPLY
-            memo = entry.data
-            if memo.__class__ is FlowCache:
-                seen = memo.orig if direction == ORIGINAL else memo.reply
-                if (
-                    seen is not None
-                    and seen[0] == self.generation
-                    and seen[1] == CT_ESTABLISHED
-                    and seen[2] == packet[6]
-                    and seen[3] == packet[5]
-                ):
-                    return seen[4]
+            seen = entry.memo_orig if direction == ORIGINAL else entry.memo_reply
+            if (
+                seen is not None
+                and seen[0] == self.generation
+                and seen[1] == CT_ESTABLISHED
+                and seen[2] == packet[6]
+                and seen[3] == packet[5]
+            ):
+                return seen[4]
             return self.route_established(packet, (entry, direction, True), now)
         tracked = conntrack.track(flow, packet.flags, now)
         if tracked is not None:
@@ -1247,17 +1243,15 @@ class Engine:
             # conntrack, so no NAT is done for it; `ct state invalid`.
             return self.walk(packet, now, CT_INVALID)[0].decision
         ctstate = tracked_ctstate(entry, direction, valid)
-        memo = entry.data
-        if memo.__class__ is FlowCache:
-            seen = memo.orig if direction == ORIGINAL else memo.reply
-            if (
-                seen is not None
-                and seen[0] == self.generation
-                and seen[1] == ctstate
-                and seen[2] == packet.iif
-                and seen[3] == packet.local
-            ):
-                return seen[4]
+        seen = entry.memo_orig if direction == ORIGINAL else entry.memo_reply
+        if (
+            seen is not None
+            and seen[0] == self.generation
+            and seen[1] == ctstate
+            and seen[2] == packet.iif
+            and seen[3] == packet.local
+        ):
+            return seen[4]
         plan = self.tracked_plan(packet, now, ctstate, entry, direction)
         if plan is False:
             out, _ = self.walk(packet, now, ctstate, entry, direction)
@@ -1269,13 +1263,11 @@ class Engine:
             # Every question in the plan is about the source address, fixed for
             # this direction of the connection: the same packet gets the same
             # decision until the table, its ct state or its interface change.
-            if memo.__class__ is not FlowCache:
-                memo = entry.data = FlowCache(memo)
             seen = (self.generation, ctstate, packet.iif, packet.local, decision)
             if direction == ORIGINAL:
-                memo.orig = seen
+                entry.memo_orig = seen
             else:
-                memo.reply = seen
+                entry.memo_reply = seen
         return decision
 
     def tracked_plan(self, packet: Packet, now: float, ctstate: int, entry: CtEntry, direction: int) -> Plan:

@@ -33,7 +33,7 @@ from nft_helpers import (
 
 from kubenetem.stats import chi_square
 from netem.addr import parse_ip
-from netem.conntrack import CLOSE_WAIT, INVALID, NONE, ORIGINAL, FlowCache, tcp_next_state
+from netem.conntrack import CLOSE_WAIT, INVALID, NONE, ORIGINAL, tcp_next_state
 from netem.errors import RulesetError
 from netem.packet import ACK, FIN, PSH, RST, SYN, TCP, UDP, Packet
 from proxy_modes.base import Verdict
@@ -680,7 +680,7 @@ def test_established_decisions_are_remembered_only_while_they_cannot_change() ->
     other = connect("10.0.0.9", 2000, "172.30.0.1", 12.0)
     assert m.route(other, 12.1).verdict is Verdict.DROP
     entry = m.conntrack.lookup(other[:5], 12.2)
-    assert entry is not None and isinstance(entry[0].data, FlowCache) and entry[0].data.orig is not None
+    assert entry is not None and entry[0].memo_orig is not None
     assert m.route(other, 12.2).verdict is Verdict.DROP
     # ... and forgotten with a new table (as a sync installs it: conntrack kept).
     m.engine.reset(engine.load_table(plain.replace("10.0.0.9", "10.0.0.8"), "plain.nft"))
