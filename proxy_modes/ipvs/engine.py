@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import heapq
 from fractions import Fraction
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from netem.addr import int_to_ip, parse_ip
@@ -150,18 +151,24 @@ _IN_NEXT = NEXT_STATE[INPUT]
 
 
 class Conn:
-    """struct ip_vs_conn: a connection or (template=True) a persistence template."""
+    """struct ip_vs_conn: a connection or (template=True) a persistence
+    template. Made by `open_conn` (no __init__: the data path makes one per
+    new flow and a type call with a Python __init__ costs twice as much)."""
 
-    # What a packet of an established connection reads comes first: the
-    # fields share the object's first cache lines (not sorted on purpose).
+    # What a packet of an established connection reads and writes comes
+    # first: those fields share the object's first cache lines (not sorted on
+    # purpose). Such a packet touches only this object, never its server.
     __slots__ = (  # noqa: RUF023
-        "dest",
         "state",
-        "timeout",
+        "proto",
+        "seen",
+        "decision",
         "expires",
         "queued",
-        "decision",
-        "proto",
+        "timeout",
+        "inpkts",
+        "inbytes",
+        "dest",
         "key",
         "flow",
         "svc",
@@ -176,45 +183,87 @@ class Conn:
         "template",
     )
 
-    def __init__(
-        self,
-        flow: tuple[int, ...],
-        dest: Dest,
-        svc: Service,
-        first: Packet | None = None,
-        plan: Plan | None = None,
-        state: int = NO,
-        timeout: float = 3.0,
-        expires: float = 0.0,
-        queued: float = INF,
-        template: bool = False,
-    ) -> None:
-        self.flow = flow
-        self.key: tuple[int, ...] | None = flow
-        self.proto = flow[0]
-        self.dest = dest
-        self.svc = svc
-        self.first = first  # the packet that opened it (what its walks depend on)
-        self.plan = plan
-        self.state = state
-        self.timeout = timeout
-        self.expires = expires
-        self.queued = queued  # the timer bucket this entry waits in
-        self.template = template
-        self.active = False  # IP_VS_CONN_F_INACTIVE cleared
-        self.control: Conn | None = None
-        self.n_control = 0
-        self.decision: Decision | None = None  # for the client's packets (None: work it out)
-        self.reply: Decision | None = None  # for the server's replies
-        self.replied = False  # the server answered: conntrack's ESTABLISHED (SEEN_REPLY)
-        self.reopen = False  # closed so that conntrack would reopen it for a new SYN (see _old_conntrack)
+    state: int
+    proto: int
+    seen: int  # _GONE[0] when its server was last seen available (see route)
+    decision: Decision | None  # for the client's packets (None: work it out)
+    expires: float
+    queued: float  # the timer bucket this entry waits in
+    timeout: float
+    inpkts: int  # the client's packets and bytes not yet added to the server's stats (fold_stats)
+    inbytes: int
+    dest: Dest
+    key: tuple[int, ...] | None
+    flow: tuple[int, ...]
+    svc: Service
+    first: Packet | None  # the packet that opened it (what its walks depend on)
+    plan: Plan | None
+    active: bool  # IP_VS_CONN_F_INACTIVE cleared
+    control: Conn | None
+    n_control: int
+    reply: Decision | None  # for the server's replies
+    replied: bool  # the server answered: conntrack's ESTABLISHED (SEEN_REPLY)
+    reopen: bool  # closed so that conntrack would reopen it for a new SYN (see _old_conntrack)
+    template: bool
+
+
+_new_object = object.__new__
+_VS_KEY = itemgetter(0, 3, 4)  # a flow's (protocol, address, port): its virtual service's key
+
+
+def open_conn(
+    flow: tuple[int, ...],
+    dest: Dest,
+    svc: Service,
+    first: Packet | None,
+    plan: Plan | None,
+    state: int,
+    timeout: float,
+    expires: float,
+    queued: float,
+    template: bool,
+    control: Conn | None,
+    decision: Decision | None,
+) -> Conn:
+    """A new entry (ip_vs_conn_new), every field set. Its packets and bytes
+    start at the opening packet's (none for a template)."""
+    cp: Conn = _new_object(Conn)
+    cp.state = state
+    cp.proto = flow[0]
+    cp.seen = _GONE[0]
+    cp.decision = decision
+    cp.expires = expires
+    cp.queued = queued
+    cp.timeout = timeout
+    if first is not None:
+        cp.inpkts = 1
+        cp.inbytes = first[8]
+    else:
+        cp.inpkts = cp.inbytes = 0
+    cp.dest = dest
+    cp.key = cp.flow = flow
+    cp.svc = svc
+    cp.first = first
+    cp.plan = plan
+    cp.active = cp.replied = cp.reopen = False
+    cp.control = control
+    cp.n_control = 0
+    cp.reply = None
+    cp.template = template
+    return cp
+
+
+# Bumped whenever a real server is deleted (no longer AVAILABLE), in any
+# mode: a connection whose `seen` is older checks its server once more
+# before its packet takes the fast path (ip_vs_in_hook's dest check).
+_GONE = [0]
 
 
 class Plan:
     """The decisions of connections to one real server whose first packets
     had the same walk key: the first packet's, and the client's later ones
-    before and after the server answered (made on first use). Made once,
-    reused while the rules stay (the sync clears them)."""
+    before and after the server answered (the latter made on first use).
+    Made once, reused while the rules stay (the sync clears them)."""
 
     __slots__ = ("endpoint", "est", "est_replied", "masquerade", "new", "spn", "stale", "walks")
 
@@ -242,6 +291,18 @@ class Plan:
         return dec
 
 
+def _own(dec: Decision) -> Decision:
+    """A connection's own copy of a decision shared by its real server's
+    connections, returned for each of its later packets. Made when the
+    connection's decision is worked out, it lies in memory among the
+    connection's own recent objects, where the shared one (one per real
+    server and key: 300,000 at 30,000 services) is a cache and TLB miss."""
+    own: Decision = _new_object(Decision)
+    own.verdict, own.endpoint, own.masquerade = dec.verdict, dec.endpoint, dec.masquerade
+    own.rules, own.lookups, own.service, own.established = dec.rules, dec.lookups, dec.service, dec.established
+    return own
+
+
 def made(w: Walked, endpoint: tuple[int, int] | None, spn: Any, ipvs_lookups: int, established: bool) -> Decision:
     """A Decision from a walk: its verdict (ACCEPT with an endpoint is IPVS's
     DNAT), its rules, and the lookups: conntrack's and each ipset test, plus
@@ -256,23 +317,25 @@ def made(w: Walked, endpoint: tuple[int, int] | None, spn: Any, ipvs_lookups: in
 class Service:
     """struct ip_vs_service: a virtual server and its destination list."""
 
-    __slots__ = (
+    # What a new connection reads first (persistent ones: to the port),
+    # sharing the object's first cache lines (not sorted on purpose).
+    __slots__ = (  # noqa: RUF023
+        "pre",
+        "flags",
+        "sched",
+        "dests",
+        "proto",
+        "netmask",
         "addr",
+        "port",
+        "timeout",
+        "spn",
         "cls",
         "dest_index",
-        "dests",
-        "flags",
         "kind",
         "local",
-        "netmask",
-        "port",
-        "pre",
-        "proto",
-        "sched",
         "sched_name",
-        "spn",
         "stats",
-        "timeout",
     )
 
     def __init__(self, spec: VirtualServerSpec) -> None:
@@ -350,6 +413,7 @@ class Service:
         del self.dests[index]
         del self.dest_index[d.key]
         d.available = False
+        _GONE[0] += 1
         self.sched.changed(self.dests, DEL, index)
 
 
@@ -462,6 +526,7 @@ class IpvsMode:
             svc.pre = by_class.setdefault(svc.cls[0], {})
             for d in svc.dests:
                 d.decisions.clear()
+                d.plan_key = d.plan = None
                 d.replies.clear()
                 d.cls = None if server_class is not None else (0, 0)  # worked out on first use
         for cp in self.conns.values():
@@ -542,7 +607,7 @@ class IpvsMode:
                 if cp.queued != tick:
                     continue  # stale: re-queued earlier, or gone
                 if cp.expires > now:
-                    if int(cp.expires) == tick:
+                    if cp.expires // 1.0 == tick:
                         waiting.append(cp)
                     else:
                         cp.queued = INF
@@ -584,7 +649,23 @@ class IpvsMode:
         if cp.control is not None:
             cp.control.n_control -= 1
             cp.control = None
-        cp.dest.unbound(cp.active, cp.template)
+        d = cp.dest
+        d.unbound(cp.active, cp.template)
+        d.inpkts += cp.inpkts
+        d.inbytes += cp.inbytes
+        cp.inpkts = cp.inbytes = 0
+
+    def fold_stats(self) -> None:
+        """Add the packets and bytes the live connections counted on
+        themselves to their servers' stats (ip_vs_in_stats counts them on the
+        server at once; here a packet of an established connection touches
+        only the connection, and the stats are read only by listings)."""
+        for cp in self.conns.values():
+            if cp.inpkts:
+                d = cp.dest
+                d.inpkts += cp.inpkts
+                d.inbytes += cp.inbytes
+                cp.inpkts = cp.inbytes = 0
 
     def _arm(self, cp: Conn, now: float) -> None:
         """(Re)start the timer (ip_vs_conn_put); the entry is queued again
@@ -596,7 +677,7 @@ class IpvsMode:
             self._next_expiry = exp
 
     def _queue(self, cp: Conn) -> None:
-        tick = float(int(cp.expires))  # the whole second the timer ends in
+        tick = cp.expires // 1.0  # the whole second the timer ends in
         cp.queued = tick
         bucket = self._wheel.get(tick)
         if bucket is None:
@@ -616,11 +697,14 @@ class IpvsMode:
                 return self._existing(cp, packet, now, flow, None)  # the server's reply
             return self._new_fast(packet, now, flow)
         # The commonest packet, `_existing` inlined: the client's, no SYN, on a
-        # connection whose server is still there.
+        # connection whose server is still there. It touches the connection
+        # only: the server is looked at again only after some server was
+        # deleted (`seen`), and the packet counts on the connection.
         flags = packet[7]
-        d = cp.dest
-        if flags & SYN or not d.available:
-            return self._existing(cp, packet, now, flow, None)
+        if flags & SYN or cp.seen != _GONE[0]:
+            if flags & SYN or not cp.dest.available:
+                return self._existing(cp, packet, now, flow, None)
+            cp.seen = _GONE[0]
         if cp.proto == TCP:
             state = cp.state
             new = _IN_NEXT[flags & 0xFF][state]
@@ -634,22 +718,23 @@ class IpvsMode:
             self._queue(cp)
         elif expires < self._next_expiry:
             self._next_expiry = expires
-        d.inpkts += 1
-        d.inbytes += packet[8]
+        cp.inpkts += 1
+        cp.inbytes += packet[8]
         dec = cp.decision
         if dec is None:
             dec = self._client_decision(cp, packet, now, None)
         return dec
 
     def _new_fast(self, packet: Packet, now: float, flow: tuple[int, ...]) -> Decision:
-        """`_new` without a trace for the common case, with its helpers
-        inlined: a packet that can open a connection, to a virtual service,
-        whose walk key was seen before (so the rules' part is known). Every
-        other case goes through `_new`, which walks and fills the caches."""
-        proto = flow[0]
-        svc = self.services.get((proto, flow[3], flow[4]))
+        """`_new` without a trace for the common case, its helpers inlined: a
+        packet that can open a connection, to a virtual service, whose walk
+        key was seen before (so the rules' part is known), scheduled or
+        following a valid template. Every other case goes through `_new`
+        (which walks and fills the caches) or `_persist`."""
+        svc = self.services.get(_VS_KEY(flow))
         key_fn = self._key
-        if svc is None or key_fn is None or (proto == TCP and not _CACHED_FLAGS[packet.flags & 0xFF]):
+        proto = flow[0]
+        if svc is None or key_fn is None or (proto == TCP and not _CACHED_FLAGS[packet[7] & 0xFF]):
             return self._new(packet, now, flow, None)
         key = key_fn(packet)
         pre = svc.pre.get(key)
@@ -658,34 +743,71 @@ class IpvsMode:
             if pre is None:  # no service of its class seen with this key: walk
                 return self._new(packet, now, flow, None)
         if not pre[0]:
-            return self._made(pre[1], None, svc.spn, 0, False)  # the rules dropped or rejected it before IPVS
+            return made(pre[1], None, svc.spn, 0, False)  # the rules dropped or rejected it before IPVS
+        dest: Dest | None
+        ct: Conn | None
         if svc.flags & F_PERSISTENT:
-            dest, ct = self._persist(svc, flow[1], flow[2], flow[3], now, None)
+            # ip_vs_sched_persist (`_persist` inlined): a template that
+            # ip_vs_check_template finds valid (server available, not
+            # quiesced) gets its timer restarted (_arm); without one, a new
+            # one; an invalid one is for `_persist` (it unhashes it).
+            tkey = (proto, flow[1] & svc.netmask, 0, svc.addr, svc.port)
+            ct = self.templates.get(tkey)
+            if ct is None:
+                dest, ct = self._new_template(svc, tkey, flow[1], flow[2], flow[3], now, None)
+            elif (dest := ct.dest).available and dest.weight != 0:
+                ct.expires = texp = now + ct.timeout
+                if texp < ct.queued:
+                    self._queue(ct)
+                elif texp < self._next_expiry:
+                    self._next_expiry = texp
+            else:
+                dest, ct = self._persist(svc, flow[1], flow[2], flow[3], now, None)
         else:
             dest = svc.sched.schedule(svc.dests, flow[1], flow[2], flow[3])
             ct = None
         if dest is None:
             return self._no_server(svc, pre[1])  # ip_vs_leave: ICMP port unreachable
-        plan = dest.decisions.get(key)
-        if plan is None:
-            plan = self._plan_for(svc, dest, packet, now, key, None)
-        # The SYN moves NONE -> SYN_RECV (tcp_states INPUT syn): still inactive.
-        if proto == TCP:
-            state, timeout = SR, self.timeouts[SR]
+        if dest.plan_key == key:
+            plan = dest.plan
         else:
-            state, timeout = NO, self.udp_timeout
+            plan = dest.decisions.get(key)
+            if plan is None:
+                plan = self._plan_for(svc, dest, packet, now, key, None)
+            dest.plan_key, dest.plan = key, plan
+        # The SYN moves NONE -> SYN_RECV (tcp_states INPUT syn): still inactive.
+        timeout = self.timeouts[SR] if proto == TCP else self.udp_timeout
         expires = now + timeout
-        tick = float(int(expires))  # the timer waits in the bucket of its second (_queue)
-        cp = Conn(flow, dest, svc, packet, plan, state, timeout, expires, tick)
-        cp.decision = plan.est
-        dest.inactive += 1  # dest.bound(False, False)
+        tick = expires // 1.0  # the timer waits in the bucket of its second (_queue)
+        # open_conn() inlined (tests/proxy_modes/ipvs/test_engine.py checks
+        # that every field is set); the later packets' decision is made on
+        # the first of them.
+        cp: Conn = _new_object(Conn)
+        cp.state = SR if proto == TCP else NO
+        cp.proto = proto
+        cp.seen = _GONE[0]
+        cp.decision = cp.reply = None
+        cp.expires = expires
+        cp.queued = tick
+        cp.timeout = timeout
+        cp.inpkts = 1
+        cp.inbytes = packet[8]
+        cp.dest = dest
+        cp.key = cp.flow = flow
+        cp.svc = svc
+        cp.first = packet
+        cp.plan = plan
+        cp.active = cp.replied = cp.reopen = cp.template = False
+        cp.control = ct
+        cp.n_control = 0
+        # ip_vs_bind_dest: counted inactive; OVERLOAD at the upper threshold.
+        dest.conns += 1
+        dest.inactive += 1
         if dest.u_threshold and dest.total() >= dest.u_threshold:
             dest.overloaded = True
         if ct is not None:
-            cp.control = ct
             ct.n_control += 1
-        conns = self.conns
-        conns[flow] = cp
+        self.conns[flow] = cp
         if self.track_replies:
             self._by_reply[reply_key(cp)] = cp
         bucket = self._wheel.get(tick)
@@ -696,9 +818,6 @@ class IpvsMode:
             bucket.append(cp)
         if expires < self._next_expiry:
             self._next_expiry = expires
-        dest.conns += 1
-        dest.inpkts += 1
-        dest.inbytes += packet[8]
         return plan.new
 
     def _existing(
@@ -714,13 +833,14 @@ class IpvsMode:
                     return again
             if not d.available:
                 return self._no_dest(cp, packet, now, flow, steps)
+            cp.seen = _GONE[0]
             if cp.proto == TCP:
                 self._tcp_state(cp, INPUT, flags)
             else:
                 cp.timeout = self.udp_timeout
             self._arm(cp, now)
-            d.inpkts += 1
-            d.inbytes += packet[8]
+            cp.inpkts += 1
+            cp.inbytes += packet[8]
             dec = cp.decision
             if dec is None or steps is not None:
                 dec = self._client_decision(cp, packet, now, steps)
@@ -891,24 +1011,19 @@ class IpvsMode:
                 plan = self._plan_for(svc, dest, packet, now, key, st)
         else:
             plan = self._plan_from(self._walk_plan(svc, dest, packet, now, st), svc, dest)
-        cp = Conn(flow, dest, svc, packet, plan)
+        # The SYN moves NONE -> SYN_RECV (tcp_states INPUT syn): still inactive.
+        state, timeout = (SR, self.timeouts[SR]) if proto == TCP else (NO, self.udp_timeout)
+        # Its later packets' decision is worked out on the first (walked each
+        # time when the rules cannot be cached).
+        cp = open_conn(flow, dest, svc, packet, plan, state, timeout, 0.0, INF, False, ct, None)
         dest.bound(False, False)
         if ct is not None:
-            cp.control = ct
             ct.n_control += 1
         self.conns[flow] = cp
         if self.track_replies:
             self._by_reply[reply_key(cp)] = cp
-        # The SYN moves NONE -> SYN_RECV (tcp_states INPUT syn): still inactive.
-        if proto == TCP:
-            cp.state = SR
-            cp.timeout = self.timeouts[SR]
-        else:
-            cp.timeout = self.udp_timeout
         self._arm(cp, now)
         dest.conns += 1
-        dest.inpkts += 1
-        dest.inbytes += packet[8]
         return plan.new
 
     def _pre_entry(self, svc: Service, key: Any) -> tuple[bool, Walked] | None:
@@ -952,6 +1067,7 @@ class IpvsMode:
         ep = (dest.addr, dest.port)
         lookups = 3 if svc.flags & F_PERSISTENT else 2
         plan = dest.decisions[key] = Plan(made(walks[0], ep, svc.spn, lookups, False), walks, ep, svc.spn)
+        dest.plan_key, dest.plan = key, plan
         return plan
 
     def _walk_plan(
@@ -1020,7 +1136,7 @@ class IpvsMode:
         hooks = self.hooks
         first = cp.first if cp.first is not None else packet
         if plan is not None and not plan.stale and steps is None and self._key is not None:
-            dec = cp.decision = plan.later(cp.replied)
+            dec = cp.decision = _own(plan.later(cp.replied))
             return dec
         if hooks is None:
             dec = Decision(Verdict.DNAT, ep, masq, 0, 1, cp.svc.spn, True)
@@ -1033,7 +1149,7 @@ class IpvsMode:
                 dec = fresh.later(cp.replied)
             else:  # the rules changed their mind about SNAT; the connection keeps its NAT
                 dec = self._made(hooks.later(first, ep, cp.replied, masq, now), ep, cp.svc.spn, 1, True)
-            cp.decision = dec
+            dec = cp.decision = _own(dec)
             return dec
         else:
             w = hooks.later(first._replace(flags=packet.flags), ep, cp.replied, masq, now, steps)
@@ -1085,13 +1201,27 @@ class IpvsMode:
             # the service's, or the 60 s of a re-arm (ip_vs_conn_expire).
             self._arm(ct, now)
             return ct.dest, ct
+        return self._new_template(svc, tkey, src, sport, dst, now, trace)
+
+    def _new_template(
+        self,
+        svc: Service,
+        tkey: tuple[int, ...],
+        src: int,
+        sport: int,
+        dst: int,
+        now: float,
+        trace: list[Step] | None,
+    ) -> tuple[Dest | None, Conn | None]:
+        """ip_vs_sched_persist() without a valid template: schedule a server
+        and make a template for it, timed with the service's timeout."""
         if trace is not None:
             trace.append(self._explain_step(svc, src, sport, dst))
         dest = svc.sched.schedule(svc.dests, src, sport, dst)
         if dest is None:
             return None, None
         timeout = svc.timeout
-        ct = Conn(tkey, dest, svc, None, None, NO, timeout, now + timeout, INF, True)
+        ct = open_conn(tkey, dest, svc, None, None, NO, timeout, now + timeout, INF, True, None, None)
         dest.bound(False, True)
         self.templates[tkey] = ct
         self._queue(ct)
@@ -1219,6 +1349,8 @@ class IpvsMode:
     ) -> str:
         if show in (None, "", "ipvs"):
             if fmt in (None, "", "list"):
+                if stats:
+                    self.fold_stats()
                 return formats.list_services(self._sorted_services(), stats=stats, rate=rate)
             if fmt == "save":
                 return formats.save(self._sorted_services())

@@ -43,27 +43,31 @@ ADD, DEL, UPD = "add", "del", "upd"
 class Dest:
     """struct ip_vs_dest: one real server of one virtual service."""
 
-    # The fields the data path reads first (one or two cache lines), then the rest.
+    # What a new connection reads first (the scheduler's test, the engine's
+    # plan for the client's walk key, the counts), sharing the object's first
+    # cache line; then the rest.
     __slots__ = (  # noqa: RUF023
-        "available",
-        "inpkts",
-        "inbytes",
         "overloaded",
         "weight",
-        "decisions",
+        "plan_key",
+        "plan",
         "inactive",
-        "conns",
         "u_threshold",
+        "conns",
+        "available",
+        "active",
+        "persist",
+        "inpkts",
+        "inbytes",
+        "decisions",
         "addr",
         "port",
-        "active",
         "outpkts",
         "outbytes",
         "cls",
         "replies",
         "l_threshold",
         "last_weight",
-        "persist",
         "_text",
     )
 
@@ -80,12 +84,17 @@ class Dest:
         self.available = True
         self.overloaded = False
         self._text = ""
-        # ip_vs_stats: conns, inpkts, outpkts, inbytes, outbytes (attributes: the hot path's)
+        # ip_vs_stats: conns, inpkts, outpkts, inbytes, outbytes (attributes: the hot path's;
+        # the engine counts a live connection's own packets on it and adds them here later)
         self.conns = self.inpkts = self.outpkts = self.inbytes = self.outbytes = 0
         # Decisions the engine reuses for this destination (see engine.py):
         # per walk key of a connection's first packet, and of a reply.
         self.decisions: dict[Any, Any] = {}
         self.replies: dict[Any, Any] = {}
+        # The latest of `decisions` used (key, plan): most new connections to
+        # a server come from clients with one walk key (pods alike to the rules).
+        self.plan_key: Any = None
+        self.plan: Any = None
         self.cls: Any = None  # its class to the rules (engine.py), worked out on first use
 
     @property
@@ -97,7 +106,8 @@ class Dest:
 
     @property
     def stats(self) -> list[int]:
-        """conns, inpkts, outpkts, inbytes, outbytes (ip_vs_stats)."""
+        """conns, inpkts, outpkts, inbytes, outbytes (ip_vs_stats); the live
+        connections' own packets are in after the engine's fold_stats()."""
         return [self.conns, self.inpkts, self.outpkts, self.inbytes, self.outbytes]
 
     @property
