@@ -1222,7 +1222,9 @@ class IpvsMode:
             return None, None
         timeout = svc.timeout
         ct = open_conn(tkey, dest, svc, None, None, NO, timeout, now + timeout, INF, True, None, None)
-        dest.bound(False, True)
+        dest.persist += 1  # dest.bound(False, True), inlined
+        if dest.u_threshold and dest.total() >= dest.u_threshold:
+            dest.overloaded = True
         self.templates[tkey] = ct
         self._queue(ct)
         if trace is not None:
