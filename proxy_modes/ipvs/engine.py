@@ -36,11 +36,18 @@ Restated from net/netfilter/ipvs:
 - Around IPVS, kube-proxy's iptables rules (hooks.py, walked by the shared
   netfilter engine) decide masquerading and what the packet costs.
 
-The table is expired exactly, by `now`: a heap of (expiry, serial, conn)
-holds one entry per connection, re-pushed lazily when the timer moved, so a
-packet costs one comparison for it. The rules' walks are cached per
-service and per real server under a key of the packet properties they can
-depend on (hooks.py), so the hot path allocates only the connection.
+The table is expired exactly, by `now`: connections wait in buckets of the
+whole second their timer ends in (a heap of those seconds), queued again
+lazily when the timer moved later, so a packet costs one comparison for it.
+The rules' walks are cached per service and per real server under a key of
+the packet properties they can depend on (hooks.py), so a new connection
+allocates only its entry. At 30,000 services every object a packet reads
+is a likely cache miss, so the data path reads few: an established packet
+reads its connection (its packets count on it and reach its server's stats
+when it goes or is listed, `fold_stats`; its server is looked at only after
+some server was deleted, `_GONE`) and returns the connection's own copy of
+its decision; a new one reads its service (found by address alone first),
+the server list, the server and its plan (a one-entry cache on the server).
 """
 
 from __future__ import annotations
