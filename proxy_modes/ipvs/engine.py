@@ -154,7 +154,10 @@ def _next_states(direction: int) -> tuple[tuple[int, ...], ...]:
 
 
 NEXT_STATE = {INPUT: _next_states(INPUT), OUTPUT: _next_states(OUTPUT)}
-_IN_NEXT = NEXT_STATE[INPUT]
+# The client's next state for route()'s fast path; -1 for a SYN, which
+# is_new_conn() may turn into a new connection (`_existing` decides).
+_IN_FAST = tuple((-1,) * len(row) if flags & SYN else row for flags, row in enumerate(NEXT_STATE[INPUT]))
+_FLOW = slice(0, 5)  # packet[_FLOW] is its flow (a constant: no slice object per packet)
 
 
 class Conn:
@@ -709,7 +712,7 @@ class IpvsMode:
     def route(self, packet: Packet, now: float) -> Decision:
         if now >= self._next_expiry:
             self._expire(now)
-        flow = packet[:5]
+        flow: tuple[int, ...] = packet[_FLOW]  # type: ignore[assignment]
         cp = self.conns.get(flow)
         if cp is None:
             if self.track_replies and (cp := self._by_reply.get(flow)) is not None:
@@ -719,15 +722,17 @@ class IpvsMode:
         # connection whose server is still there. It touches the connection
         # only: the server is looked at again only after some server was
         # deleted (`seen`), and the packet counts on the connection.
-        flags = packet[7]
-        if flags & SYN or cp.seen != _GONE[0]:
-            if flags & SYN or not cp.dest.available:
+        if cp.seen != _GONE[0]:
+            if not cp.dest.available:
                 return self._existing(cp, packet, now, flow, None)
             cp.seen = _GONE[0]
+        flags = packet[7]
         if cp.proto == TCP:
             state = cp.state
-            new = _IN_NEXT[flags & 0xFF][state]
+            new = _IN_FAST[flags & 0xFF][state]
             if new != state:
+                if new < 0:  # a SYN
+                    return self._existing(cp, packet, now, flow, None)
                 self._tcp_moved(cp, INPUT, flags, new)
             cp.timeout = timeout = self.timeouts[new]
         else:
