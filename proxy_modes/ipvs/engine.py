@@ -802,14 +802,17 @@ class IpvsMode:
                 plan = self._plan_for(svc, dest, packet, now, key, None)
             dest.plan_key, dest.plan = key, plan
         # The SYN moves NONE -> SYN_RECV (tcp_states INPUT syn): still inactive.
-        timeout = self.timeouts[SR] if proto == TCP else self.udp_timeout
+        if proto == TCP:
+            state, timeout = SR, self.timeouts[SR]
+        else:
+            state, timeout = NO, self.udp_timeout
         expires = now + timeout
         tick = expires // 1.0  # the timer waits in the bucket of its second (_queue)
         # open_conn() inlined (tests/proxy_modes/ipvs/test_engine.py checks
         # that every field is set); the later packets' decision is made on
         # the first of them.
         cp: Conn = _new_object(Conn)
-        cp.state = SR if proto == TCP else NO
+        cp.state = state
         cp.proto = proto
         cp.seen = _GONE[0]
         cp.decision = cp.reply = None
