@@ -54,6 +54,7 @@ class Registry(dict[str, ChainFn]):
         self.nf = nf
         self.table = table
         self.dependents: dict[str, set[str]] = {}  # chain -> compiled chains that relied on it
+        self.shapes: dict[str, Callable[[xt.PacketState, tuple[Any, ...]], int]] = {}  # packed source -> function
 
     def __missing__(self, name: str) -> ChainFn:
         chains = self.table.chains
@@ -154,7 +155,7 @@ class _Gen:
     def k(self, value: Any) -> str:
         self.consts.append(_shared(value))
         i = len(self.consts) - 1
-        return f"K[{i}]" if self.packed else f"k{i}"
+        return f"K[{i + 1}]" if self.packed else f"k{i}"  # packed: K[0] is the function itself
 
     def body(
         self, chain: Chain, depth: int, indent: str, path: tuple[str, ...], above: tuple[str, ...] = ()
@@ -328,7 +329,7 @@ def _match_expr(match: xt.Match, k: Callable[[Any], str]) -> str:
     return f"{k(match.test)}(st)"
 
 
-_KEYED: dict[tuple[Any, ...], tuple[ChainFn, tuple[Any, ...]]] = {}
+_KEYED: dict[tuple[Any, ...], tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
 _KEYED_MAX = 1_000_000
 
 
@@ -346,27 +347,27 @@ def _indexed(
     total = len(rules)
     labels = nf.labels
     by_key = index.by_key
-    keyed: dict[Any, ChainFn] = {}
+    keyed: dict[Any, Packed] = {}
     name = chain.name
-    generic_fn = _subset_fn(nf, registry, name, [(p, rules[p]) for p in index.generic], total, labels, rand)
+    generic = _packed(nf, registry, name, [(p, rules[p]) for p in index.generic], total, labels, rand)
     dst_keyed = index.kind == "dst"
 
     def run(st: xt.PacketState) -> int:
         key = st.dst if dst_keyed else (st.proto, st.dport)
-        fn = keyed.get(key)
-        if fn is None:
+        packed = keyed.get(key)
+        if packed is None:
             if key not in by_key:
-                return generic_fn(st)
+                return generic[0](st, generic)
             positions = index.candidates(st)
-            fn = keyed[key] = _subset_fn(nf, registry, name, [(p, rules[p]) for p in positions], total, labels, rand)
-        return fn(st)
+            packed = keyed[key] = _packed(nf, registry, name, [(p, rules[p]) for p in positions], total, labels, rand)
+        return packed[0](st, packed)
 
     def prepare() -> int:
         """Make every destination's function now (Netfilter.compile_all)."""
         for key in by_key:
             if key not in keyed:
                 positions = index.merged_for(key)
-                keyed[key] = _subset_fn(nf, registry, name, [(p, rules[p]) for p in positions], total, labels, rand)
+                keyed[key] = _packed(nf, registry, name, [(p, rules[p]) for p in positions], total, labels, rand)
         return len(keyed)
 
     run.prepare = prepare  # type: ignore[attr-defined]
@@ -405,7 +406,7 @@ def _source_for(
             return made
     gen = _Gen(labels, chains, packed=True)
     body = gen.some(subset, total, 0, "        ", ())
-    source = "\n".join(["def factory(FN, NAT, RAND, K):", "    def chain(st):", *body, "    return chain", ""])
+    source = "\n".join(["def factory(FN, NAT, RAND):", "    def chain(st, K):", *body, "    return chain", ""])
     made = _Source(
         source,
         tuple(gen.consts),
@@ -427,7 +428,10 @@ def _same_rules(chain: Chain | None, rules: tuple[Rule, ...] | None) -> bool:
     return len(chain.rules) == len(rules) and all(a is b for a, b in zip(chain.rules, rules, strict=True))
 
 
-def _subset_fn(
+Packed = tuple[Any, ...]  # (function, value 1, value 2, ...): called as K[0](st, K)
+
+
+def _packed(
     nf: Netfilter,
     registry: Registry,
     owner: str,
@@ -435,9 +439,11 @@ def _subset_fn(
     total: int,
     labels: Mapping[str, object],
     rand: Callable[[int], int],
-) -> ChainFn:
-    """A function for some rules of chain `owner` (by position), made once
-    per engine and distinct set of rules and copied-in chains."""
+) -> Packed:
+    """Some rules of chain `owner` (by position) as one tuple: the function
+    of their shape (bound once per engine) and then its values. A
+    destination costs one object; made once per engine and distinct set of
+    rules and copied-in chains."""
     chains = registry.table.chains
     made = _source_for(subset, total, chains, labels)
     deps = tuple(chains[name] for name in made.deps)
@@ -445,16 +451,21 @@ def _subset_fn(
     hit = _KEYED.get(key)
     if hit is not None:
         return hit[0]
-    fn: ChainFn = _factory(made.source)(registry, nf._nat, rand, made.consts)
+    fn = registry.shapes.get(made.source)
+    if fn is None:
+        fn = registry.shapes[made.source] = _factory(made.source)(registry, nf._nat, rand)
+    packed = (fn, *made.consts)
     if len(_KEYED) >= _KEYED_MAX:
         _KEYED.clear()
-    # The rules and chains are kept with the function: their ids stay theirs.
-    _KEYED[key] = (fn, (made.rules, deps))
+    # The rules and chains are kept with the values: their ids stay theirs.
+    _KEYED[key] = (packed, (made.rules, deps))
     for name in made.deps:
         registry.dependents.setdefault(name, set()).add(owner)
-    return fn
+    return packed
 
 
 def _scan(nf: Netfilter, registry: Registry, chain: Chain, rand: Callable[[int], int]) -> ChainFn:
     """A long chain without a usable index: every rule, in order."""
-    return _subset_fn(nf, registry, chain.name, list(enumerate(chain.rules)), len(chain.rules), nf.labels, rand)
+    packed = _packed(nf, registry, chain.name, list(enumerate(chain.rules)), len(chain.rules), nf.labels, rand)
+    fn = packed[0]
+    return lambda st: fn(st, packed)
