@@ -36,17 +36,25 @@ Restated from net/netfilter/ipvs:
 - Around IPVS, kube-proxy's iptables rules (hooks.py, walked by the shared
   netfilter engine) decide masquerading and what the packet costs.
 
-The table is expired exactly, by `now`: a heap of (expiry, serial, conn)
-holds one entry per connection, re-pushed lazily when the timer moved, so a
-packet costs one comparison for it. The rules' walks are cached per
-service and per real server under a key of the packet properties they can
-depend on (hooks.py), so the hot path allocates only the connection.
+The table is expired exactly, by `now`: connections wait in buckets of the
+whole second their timer ends in (a heap of those seconds), queued again
+lazily when the timer moved later, so a packet costs one comparison for it.
+The rules' walks are cached per service and per real server under a key of
+the packet properties they can depend on (hooks.py), so a new connection
+allocates only its entry. At 30,000 services every object a packet reads
+is a likely cache miss, so the data path reads few: an established packet
+reads its connection (its packets count on it and reach its server's stats
+when it goes or is listed, `fold_stats`; its server is looked at only after
+some server was deleted, `_GONE`) and returns the connection's own copy of
+its decision; a new one reads its service (found by address alone first),
+the server list, the server and its plan (a one-entry cache on the server).
 """
 
 from __future__ import annotations
 
 import heapq
 from fractions import Fraction
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from netem.addr import int_to_ip, parse_ip
@@ -146,22 +154,31 @@ def _next_states(direction: int) -> tuple[tuple[int, ...], ...]:
 
 
 NEXT_STATE = {INPUT: _next_states(INPUT), OUTPUT: _next_states(OUTPUT)}
-_IN_NEXT = NEXT_STATE[INPUT]
+# The client's next state for route()'s fast path; -1 for a SYN, which
+# is_new_conn() may turn into a new connection (`_existing` decides).
+_IN_FAST = tuple((-1,) * len(row) if flags & SYN else row for flags, row in enumerate(NEXT_STATE[INPUT]))
+_FLOW = slice(0, 5)  # packet[_FLOW] is its flow (a constant: no slice object per packet)
 
 
 class Conn:
-    """struct ip_vs_conn: a connection or (template=True) a persistence template."""
+    """struct ip_vs_conn: a connection or (template=True) a persistence
+    template. Made by `open_conn` (no __init__: the data path makes one per
+    new flow and a type call with a Python __init__ costs twice as much)."""
 
-    # What a packet of an established connection reads comes first: the
-    # fields share the object's first cache lines (not sorted on purpose).
+    # What a packet of an established connection reads and writes comes
+    # first: those fields share the object's first cache lines (not sorted on
+    # purpose). Such a packet touches only this object, never its server.
     __slots__ = (  # noqa: RUF023
-        "dest",
         "state",
-        "timeout",
+        "proto",
+        "seen",
+        "decision",
         "expires",
         "queued",
-        "decision",
-        "proto",
+        "timeout",
+        "inpkts",
+        "inbytes",
+        "dest",
         "key",
         "flow",
         "svc",
@@ -176,45 +193,87 @@ class Conn:
         "template",
     )
 
-    def __init__(
-        self,
-        flow: tuple[int, ...],
-        dest: Dest,
-        svc: Service,
-        first: Packet | None = None,
-        plan: Plan | None = None,
-        state: int = NO,
-        timeout: float = 3.0,
-        expires: float = 0.0,
-        queued: float = INF,
-        template: bool = False,
-    ) -> None:
-        self.flow = flow
-        self.key: tuple[int, ...] | None = flow
-        self.proto = flow[0]
-        self.dest = dest
-        self.svc = svc
-        self.first = first  # the packet that opened it (what its walks depend on)
-        self.plan = plan
-        self.state = state
-        self.timeout = timeout
-        self.expires = expires
-        self.queued = queued  # the timer bucket this entry waits in
-        self.template = template
-        self.active = False  # IP_VS_CONN_F_INACTIVE cleared
-        self.control: Conn | None = None
-        self.n_control = 0
-        self.decision: Decision | None = None  # for the client's packets (None: work it out)
-        self.reply: Decision | None = None  # for the server's replies
-        self.replied = False  # the server answered: conntrack's ESTABLISHED (SEEN_REPLY)
-        self.reopen = False  # closed so that conntrack would reopen it for a new SYN (see _old_conntrack)
+    state: int
+    proto: int
+    seen: int  # _GONE[0] when its server was last seen available (see route)
+    decision: Decision | None  # for the client's packets (None: work it out)
+    expires: float
+    queued: float  # the timer bucket this entry waits in
+    timeout: float
+    inpkts: int  # the client's packets and bytes not yet added to the server's stats (fold_stats)
+    inbytes: int
+    dest: Dest
+    key: tuple[int, ...] | None
+    flow: tuple[int, ...]
+    svc: Service
+    first: Packet | None  # the packet that opened it (what its walks depend on)
+    plan: Plan | None
+    active: bool  # IP_VS_CONN_F_INACTIVE cleared
+    control: Conn | None
+    n_control: int
+    reply: Decision | None  # for the server's replies
+    replied: bool  # the server answered: conntrack's ESTABLISHED (SEEN_REPLY)
+    reopen: bool  # closed so that conntrack would reopen it for a new SYN (see _old_conntrack)
+    template: bool
+
+
+_new_object = object.__new__
+_VS_KEY = itemgetter(0, 3, 4)  # a flow's (protocol, address, port): its virtual service's key
+
+
+def open_conn(
+    flow: tuple[int, ...],
+    dest: Dest,
+    svc: Service,
+    first: Packet | None,
+    plan: Plan | None,
+    state: int,
+    timeout: float,
+    expires: float,
+    queued: float,
+    template: bool,
+    control: Conn | None,
+    decision: Decision | None,
+) -> Conn:
+    """A new entry (ip_vs_conn_new), every field set. Its packets and bytes
+    start at the opening packet's (none for a template)."""
+    cp: Conn = _new_object(Conn)
+    cp.state = state
+    cp.proto = flow[0]
+    cp.seen = _GONE[0]
+    cp.decision = decision
+    cp.expires = expires
+    cp.queued = queued
+    cp.timeout = timeout
+    if first is not None:
+        cp.inpkts = 1
+        cp.inbytes = first[8]
+    else:
+        cp.inpkts = cp.inbytes = 0
+    cp.dest = dest
+    cp.key = cp.flow = flow
+    cp.svc = svc
+    cp.first = first
+    cp.plan = plan
+    cp.active = cp.replied = cp.reopen = False
+    cp.control = control
+    cp.n_control = 0
+    cp.reply = None
+    cp.template = template
+    return cp
+
+
+# Bumped whenever a real server is deleted (no longer AVAILABLE), in any
+# mode: a connection whose `seen` is older checks its server once more
+# before its packet takes the fast path (ip_vs_in_hook's dest check).
+_GONE = [0]
 
 
 class Plan:
     """The decisions of connections to one real server whose first packets
     had the same walk key: the first packet's, and the client's later ones
-    before and after the server answered (made on first use). Made once,
-    reused while the rules stay (the sync clears them)."""
+    before and after the server answered (the latter made on first use).
+    Made once, reused while the rules stay (the sync clears them)."""
 
     __slots__ = ("endpoint", "est", "est_replied", "masquerade", "new", "spn", "stale", "walks")
 
@@ -242,6 +301,18 @@ class Plan:
         return dec
 
 
+def _own(dec: Decision) -> Decision:
+    """A connection's own copy of a decision shared by its real server's
+    connections, returned for each of its later packets. Made when the
+    connection's decision is worked out, it lies in memory among the
+    connection's own recent objects, where the shared one (one per real
+    server and key: 300,000 at 30,000 services) is a cache and TLB miss."""
+    own: Decision = _new_object(Decision)
+    own.verdict, own.endpoint, own.masquerade = dec.verdict, dec.endpoint, dec.masquerade
+    own.rules, own.lookups, own.service, own.established = dec.rules, dec.lookups, dec.service, dec.established
+    return own
+
+
 def made(w: Walked, endpoint: tuple[int, int] | None, spn: Any, ipvs_lookups: int, established: bool) -> Decision:
     """A Decision from a walk: its verdict (ACCEPT with an endpoint is IPVS's
     DNAT), its rules, and the lookups: conntrack's and each ipset test, plus
@@ -256,23 +327,25 @@ def made(w: Walked, endpoint: tuple[int, int] | None, spn: Any, ipvs_lookups: in
 class Service:
     """struct ip_vs_service: a virtual server and its destination list."""
 
-    __slots__ = (
+    # What a new connection reads first (persistent ones: to the port),
+    # sharing the object's first cache lines (not sorted on purpose).
+    __slots__ = (  # noqa: RUF023
+        "pre",
+        "flags",
+        "sched",
+        "dests",
+        "proto",
+        "netmask",
         "addr",
+        "port",
+        "timeout",
+        "spn",
         "cls",
         "dest_index",
-        "dests",
-        "flags",
         "kind",
         "local",
-        "netmask",
-        "port",
-        "pre",
-        "proto",
-        "sched",
         "sched_name",
-        "spn",
         "stats",
-        "timeout",
     )
 
     def __init__(self, spec: VirtualServerSpec) -> None:
@@ -284,7 +357,9 @@ class Service:
         self.spn = spec.spn
         self.kind = spec.kind
         self.local = spec.local
-        self.dests: list[Dest] = []
+        # A tuple, replaced on each change: a scheduler reads the servers
+        # from one object (a list keeps them in a second one).
+        self.dests: tuple[Dest, ...] = ()
         self.dest_index: dict[tuple[int, int], Dest] = {}
         self.stats = [0, 0, 0, 0, 0]
         # Per walk key of a client no set holds: (reached IPVS?, the walk up to
@@ -339,7 +414,7 @@ class Service:
 
     def _link(self, d: Dest) -> None:
         """ip_vs_add_dest: a server goes to the head of the list."""
-        self.dests.insert(0, d)
+        self.dests = (d, *self.dests)
         self.dest_index[d.key] = d
         self.sched.changed(self.dests, ADD, 0)
 
@@ -347,9 +422,10 @@ class Service:
         """ip_vs_del_dest: unlink; the server is no longer AVAILABLE (its
         connections and templates see that)."""
         index = self.dests.index(d)
-        del self.dests[index]
+        self.dests = self.dests[:index] + self.dests[index + 1 :]
         del self.dest_index[d.key]
         d.available = False
+        _GONE[0] += 1
         self.sched.changed(self.dests, DEL, index)
 
 
@@ -377,6 +453,7 @@ class IpvsMode:
         self._pre_walks: dict[tuple[Any, Any], tuple[bool, Walked]] = {}
         self._plan_walks: dict[tuple[Any, Any, Any], tuple[Walked, Walked, Walked]] = {}
         self.services: dict[tuple[int, int, int], Service] = {}
+        self._by_vip: dict[int, Service] = {}  # one service per virtual address (_index_vips)
         self.conns: dict[tuple[int, ...], Conn] = {}
         self.templates: dict[tuple[int, ...], Conn] = {}
         self._wheel: dict[float, list[Conn]] = {}
@@ -445,7 +522,16 @@ class IpvsMode:
             removed = self._sync_dests(svc, spec, now) or removed
         if removed:
             self._flush_nodest()
+        self._index_vips()
         self._forget_walks()
+
+    def _index_vips(self) -> None:
+        """A service per virtual address, for the data path's first try: most
+        addresses have one (a ClusterIP with one port), and a dict keyed by
+        the address alone finds it without reading a key tuple (one object
+        fewer to fetch: at 30,000 services each is a cache miss). Others are
+        found in `services`."""
+        self._by_vip = {svc.addr: svc for svc in self.services.values()}
 
     def _forget_walks(self) -> None:
         """New rules and sets: every cached walk and connection decision is
@@ -462,6 +548,7 @@ class IpvsMode:
             svc.pre = by_class.setdefault(svc.cls[0], {})
             for d in svc.dests:
                 d.decisions.clear()
+                d.plan_key = d.plan = None
                 d.replies.clear()
                 d.cls = None if server_class is not None else (0, 0)  # worked out on first use
         for cp in self.conns.values():
@@ -542,7 +629,7 @@ class IpvsMode:
                 if cp.queued != tick:
                     continue  # stale: re-queued earlier, or gone
                 if cp.expires > now:
-                    if int(cp.expires) == tick:
+                    if cp.expires // 1.0 == tick:
                         waiting.append(cp)
                     else:
                         cp.queued = INF
@@ -584,7 +671,23 @@ class IpvsMode:
         if cp.control is not None:
             cp.control.n_control -= 1
             cp.control = None
-        cp.dest.unbound(cp.active, cp.template)
+        d = cp.dest
+        d.unbound(cp.active, cp.template)
+        d.inpkts += cp.inpkts
+        d.inbytes += cp.inbytes
+        cp.inpkts = cp.inbytes = 0
+
+    def fold_stats(self) -> None:
+        """Add the packets and bytes the live connections counted on
+        themselves to their servers' stats (ip_vs_in_stats counts them on the
+        server at once; here a packet of an established connection touches
+        only the connection, and the stats are read only by listings)."""
+        for cp in self.conns.values():
+            if cp.inpkts:
+                d = cp.dest
+                d.inpkts += cp.inpkts
+                d.inbytes += cp.inbytes
+                cp.inpkts = cp.inbytes = 0
 
     def _arm(self, cp: Conn, now: float) -> None:
         """(Re)start the timer (ip_vs_conn_put); the entry is queued again
@@ -596,7 +699,7 @@ class IpvsMode:
             self._next_expiry = exp
 
     def _queue(self, cp: Conn) -> None:
-        tick = float(int(cp.expires))  # the whole second the timer ends in
+        tick = cp.expires // 1.0  # the whole second the timer ends in
         cp.queued = tick
         bucket = self._wheel.get(tick)
         if bucket is None:
@@ -609,22 +712,27 @@ class IpvsMode:
     def route(self, packet: Packet, now: float) -> Decision:
         if now >= self._next_expiry:
             self._expire(now)
-        flow = packet[:5]
+        flow: tuple[int, ...] = packet[_FLOW]  # type: ignore[assignment]
         cp = self.conns.get(flow)
         if cp is None:
             if self.track_replies and (cp := self._by_reply.get(flow)) is not None:
                 return self._existing(cp, packet, now, flow, None)  # the server's reply
             return self._new_fast(packet, now, flow)
         # The commonest packet, `_existing` inlined: the client's, no SYN, on a
-        # connection whose server is still there.
+        # connection whose server is still there. It touches the connection
+        # only: the server is looked at again only after some server was
+        # deleted (`seen`), and the packet counts on the connection.
+        if cp.seen != _GONE[0]:
+            if not cp.dest.available:
+                return self._existing(cp, packet, now, flow, None)
+            cp.seen = _GONE[0]
         flags = packet[7]
-        d = cp.dest
-        if flags & SYN or not d.available:
-            return self._existing(cp, packet, now, flow, None)
         if cp.proto == TCP:
             state = cp.state
-            new = _IN_NEXT[flags & 0xFF][state]
+            new = _IN_FAST[flags & 0xFF][state]
             if new != state:
+                if new < 0:  # a SYN
+                    return self._existing(cp, packet, now, flow, None)
                 self._tcp_moved(cp, INPUT, flags, new)
             cp.timeout = timeout = self.timeouts[new]
         else:
@@ -634,22 +742,25 @@ class IpvsMode:
             self._queue(cp)
         elif expires < self._next_expiry:
             self._next_expiry = expires
-        d.inpkts += 1
-        d.inbytes += packet[8]
+        cp.inpkts += 1
+        cp.inbytes += packet[8]
         dec = cp.decision
         if dec is None:
             dec = self._client_decision(cp, packet, now, None)
         return dec
 
     def _new_fast(self, packet: Packet, now: float, flow: tuple[int, ...]) -> Decision:
-        """`_new` without a trace for the common case, with its helpers
-        inlined: a packet that can open a connection, to a virtual service,
-        whose walk key was seen before (so the rules' part is known). Every
-        other case goes through `_new`, which walks and fills the caches."""
+        """`_new` without a trace for the common case, its helpers inlined: a
+        packet that can open a connection, to a virtual service, whose walk
+        key was seen before (so the rules' part is known), scheduled or
+        following a valid template. Every other case goes through `_new`
+        (which walks and fills the caches) or `_persist`."""
         proto = flow[0]
-        svc = self.services.get((proto, flow[3], flow[4]))
+        svc = self._by_vip.get(flow[3])
+        if svc is None or svc.port != flow[4] or svc.proto != proto:
+            svc = self.services.get(_VS_KEY(flow))
         key_fn = self._key
-        if svc is None or key_fn is None or (proto == TCP and not _CACHED_FLAGS[packet.flags & 0xFF]):
+        if svc is None or key_fn is None or (proto == TCP and not _CACHED_FLAGS[packet[7] & 0xFF]):
             return self._new(packet, now, flow, None)
         key = key_fn(packet)
         pre = svc.pre.get(key)
@@ -658,34 +769,74 @@ class IpvsMode:
             if pre is None:  # no service of its class seen with this key: walk
                 return self._new(packet, now, flow, None)
         if not pre[0]:
-            return self._made(pre[1], None, svc.spn, 0, False)  # the rules dropped or rejected it before IPVS
+            return made(pre[1], None, svc.spn, 0, False)  # the rules dropped or rejected it before IPVS
+        dest: Dest | None
+        ct: Conn | None
         if svc.flags & F_PERSISTENT:
-            dest, ct = self._persist(svc, flow[1], flow[2], flow[3], now, None)
+            # ip_vs_sched_persist (`_persist` inlined): a template that
+            # ip_vs_check_template finds valid (server available, not
+            # quiesced) gets its timer restarted (_arm); without one, a new
+            # one; an invalid one is for `_persist` (it unhashes it).
+            tkey = (proto, flow[1] & svc.netmask, 0, svc.addr, svc.port)
+            ct = self.templates.get(tkey)
+            if ct is None:
+                dest, ct = self._new_template(svc, tkey, flow[1], flow[2], flow[3], now, None)
+            elif (dest := ct.dest).available and dest.weight != 0:
+                ct.expires = texp = now + ct.timeout
+                if texp < ct.queued:
+                    self._queue(ct)
+                elif texp < self._next_expiry:
+                    self._next_expiry = texp
+            else:
+                dest, ct = self._persist(svc, flow[1], flow[2], flow[3], now, None)
         else:
             dest = svc.sched.schedule(svc.dests, flow[1], flow[2], flow[3])
             ct = None
         if dest is None:
             return self._no_server(svc, pre[1])  # ip_vs_leave: ICMP port unreachable
-        plan = dest.decisions.get(key)
-        if plan is None:
-            plan = self._plan_for(svc, dest, packet, now, key, None)
+        if dest.plan_key == key:
+            plan = dest.plan
+        else:
+            plan = dest.decisions.get(key)
+            if plan is None:
+                plan = self._plan_for(svc, dest, packet, now, key, None)
+            dest.plan_key, dest.plan = key, plan
         # The SYN moves NONE -> SYN_RECV (tcp_states INPUT syn): still inactive.
         if proto == TCP:
             state, timeout = SR, self.timeouts[SR]
         else:
             state, timeout = NO, self.udp_timeout
         expires = now + timeout
-        tick = float(int(expires))  # the timer waits in the bucket of its second (_queue)
-        cp = Conn(flow, dest, svc, packet, plan, state, timeout, expires, tick)
-        cp.decision = plan.est
-        dest.inactive += 1  # dest.bound(False, False)
+        tick = expires // 1.0  # the timer waits in the bucket of its second (_queue)
+        # open_conn() inlined (tests/proxy_modes/ipvs/test_engine.py checks
+        # that every field is set); the later packets' decision is made on
+        # the first of them.
+        cp: Conn = _new_object(Conn)
+        cp.state = state
+        cp.proto = proto
+        cp.seen = _GONE[0]
+        cp.decision = cp.reply = None
+        cp.expires = expires
+        cp.queued = tick
+        cp.timeout = timeout
+        cp.inpkts = 1
+        cp.inbytes = packet[8]
+        cp.dest = dest
+        cp.key = cp.flow = flow
+        cp.svc = svc
+        cp.first = packet
+        cp.plan = plan
+        cp.active = cp.replied = cp.reopen = cp.template = False
+        cp.control = ct
+        cp.n_control = 0
+        # ip_vs_bind_dest: counted inactive; OVERLOAD at the upper threshold.
+        dest.conns += 1
+        dest.inactive += 1
         if dest.u_threshold and dest.total() >= dest.u_threshold:
             dest.overloaded = True
         if ct is not None:
-            cp.control = ct
             ct.n_control += 1
-        conns = self.conns
-        conns[flow] = cp
+        self.conns[flow] = cp
         if self.track_replies:
             self._by_reply[reply_key(cp)] = cp
         bucket = self._wheel.get(tick)
@@ -696,9 +847,6 @@ class IpvsMode:
             bucket.append(cp)
         if expires < self._next_expiry:
             self._next_expiry = expires
-        dest.conns += 1
-        dest.inpkts += 1
-        dest.inbytes += packet[8]
         return plan.new
 
     def _existing(
@@ -714,13 +862,14 @@ class IpvsMode:
                     return again
             if not d.available:
                 return self._no_dest(cp, packet, now, flow, steps)
+            cp.seen = _GONE[0]
             if cp.proto == TCP:
                 self._tcp_state(cp, INPUT, flags)
             else:
                 cp.timeout = self.udp_timeout
             self._arm(cp, now)
-            d.inpkts += 1
-            d.inbytes += packet[8]
+            cp.inpkts += 1
+            cp.inbytes += packet[8]
             dec = cp.decision
             if dec is None or steps is not None:
                 dec = self._client_decision(cp, packet, now, steps)
@@ -891,24 +1040,19 @@ class IpvsMode:
                 plan = self._plan_for(svc, dest, packet, now, key, st)
         else:
             plan = self._plan_from(self._walk_plan(svc, dest, packet, now, st), svc, dest)
-        cp = Conn(flow, dest, svc, packet, plan)
+        # The SYN moves NONE -> SYN_RECV (tcp_states INPUT syn): still inactive.
+        state, timeout = (SR, self.timeouts[SR]) if proto == TCP else (NO, self.udp_timeout)
+        # Its later packets' decision is worked out on the first (walked each
+        # time when the rules cannot be cached).
+        cp = open_conn(flow, dest, svc, packet, plan, state, timeout, 0.0, INF, False, ct, None)
         dest.bound(False, False)
         if ct is not None:
-            cp.control = ct
             ct.n_control += 1
         self.conns[flow] = cp
         if self.track_replies:
             self._by_reply[reply_key(cp)] = cp
-        # The SYN moves NONE -> SYN_RECV (tcp_states INPUT syn): still inactive.
-        if proto == TCP:
-            cp.state = SR
-            cp.timeout = self.timeouts[SR]
-        else:
-            cp.timeout = self.udp_timeout
         self._arm(cp, now)
         dest.conns += 1
-        dest.inpkts += 1
-        dest.inbytes += packet[8]
         return plan.new
 
     def _pre_entry(self, svc: Service, key: Any) -> tuple[bool, Walked] | None:
@@ -952,6 +1096,7 @@ class IpvsMode:
         ep = (dest.addr, dest.port)
         lookups = 3 if svc.flags & F_PERSISTENT else 2
         plan = dest.decisions[key] = Plan(made(walks[0], ep, svc.spn, lookups, False), walks, ep, svc.spn)
+        dest.plan_key, dest.plan = key, plan
         return plan
 
     def _walk_plan(
@@ -1020,7 +1165,7 @@ class IpvsMode:
         hooks = self.hooks
         first = cp.first if cp.first is not None else packet
         if plan is not None and not plan.stale and steps is None and self._key is not None:
-            dec = cp.decision = plan.later(cp.replied)
+            dec = cp.decision = _own(plan.later(cp.replied))
             return dec
         if hooks is None:
             dec = Decision(Verdict.DNAT, ep, masq, 0, 1, cp.svc.spn, True)
@@ -1033,7 +1178,7 @@ class IpvsMode:
                 dec = fresh.later(cp.replied)
             else:  # the rules changed their mind about SNAT; the connection keeps its NAT
                 dec = self._made(hooks.later(first, ep, cp.replied, masq, now), ep, cp.svc.spn, 1, True)
-            cp.decision = dec
+            dec = cp.decision = _own(dec)
             return dec
         else:
             w = hooks.later(first._replace(flags=packet.flags), ep, cp.replied, masq, now, steps)
@@ -1085,14 +1230,30 @@ class IpvsMode:
             # the service's, or the 60 s of a re-arm (ip_vs_conn_expire).
             self._arm(ct, now)
             return ct.dest, ct
+        return self._new_template(svc, tkey, src, sport, dst, now, trace)
+
+    def _new_template(
+        self,
+        svc: Service,
+        tkey: tuple[int, ...],
+        src: int,
+        sport: int,
+        dst: int,
+        now: float,
+        trace: list[Step] | None,
+    ) -> tuple[Dest | None, Conn | None]:
+        """ip_vs_sched_persist() without a valid template: schedule a server
+        and make a template for it, timed with the service's timeout."""
         if trace is not None:
             trace.append(self._explain_step(svc, src, sport, dst))
         dest = svc.sched.schedule(svc.dests, src, sport, dst)
         if dest is None:
             return None, None
         timeout = svc.timeout
-        ct = Conn(tkey, dest, svc, None, None, NO, timeout, now + timeout, INF, True)
-        dest.bound(False, True)
+        ct = open_conn(tkey, dest, svc, None, None, NO, timeout, now + timeout, INF, True, None, None)
+        dest.persist += 1  # dest.bound(False, True), inlined
+        if dest.u_threshold and dest.total() >= dest.u_threshold:
+            dest.overloaded = True
         self.templates[tkey] = ct
         self._queue(ct)
         if trace is not None:
@@ -1219,6 +1380,8 @@ class IpvsMode:
     ) -> str:
         if show in (None, "", "ipvs"):
             if fmt in (None, "", "list"):
+                if stats:
+                    self.fold_stats()
                 return formats.list_services(self._sorted_services(), stats=stats, rate=rate)
             if fmt == "save":
                 return formats.save(self._sorted_services())
@@ -1263,6 +1426,7 @@ class IpvsMode:
             for addr, port, weight, upper, lower in dests:
                 svc.add_dest(addr, port, weight, upper, lower)
             self.services[spec.key] = svc
+        self._index_vips()
 
     def ipsets(self) -> dict[str, IPSet]:
         """The ipsets as the iptables engine's set provider will want them."""

@@ -468,9 +468,18 @@ def _addr_key_source(side: _Side, name: str) -> tuple[str, dict[str, Any]]:
     """Source of `def NAME(a)`: the address itself when a set holds it, else
     -1 minus the bits of the CIDRs it is in (and its address type)."""
     env: dict[str, Any] = {"S": frozenset(side.specials), "T": xt.address_type}
-    bits = [f"(((a & {mask}) == {net}) << {i})" for i, (net, mask) in enumerate(sorted(side.nets))]
+    # Bit i for the i-th CIDR; the CIDRs of one mask are disjoint, so one
+    # dictionary lookup of the masked address finds the bit of the one that
+    # holds it (a client's key is worked out for every new connection).
+    by_mask: dict[int, dict[int, int]] = {}
+    for i, (net, mask) in enumerate(sorted(side.nets)):
+        by_mask.setdefault(mask, {})[net] = 1 << i
+    bits = []
+    for n, (mask, nets) in enumerate(sorted(by_mask.items())):
+        env[f"M{n}"] = nets
+        bits.append(f"M{n}.get(a & {mask}, 0)")
     if side.addrtype:
-        bits.append(f"(T(a, L) << {len(bits)})")
+        bits.append(f"(T(a, L) << {len(side.nets)})")
     body = f"    return -1 - ({' | '.join(bits) or '0'})\n"
     if side.specials:
         body = "    if a in S:\n        return a\n" + body

@@ -20,7 +20,7 @@ ONEPACKET 0x4, SCHED1 0x8, SCHED2 0x10, SCHED3 0x20; for sh and mh SCHED1 is
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from math import gcd
 from typing import Any, ClassVar
 
@@ -43,27 +43,31 @@ ADD, DEL, UPD = "add", "del", "upd"
 class Dest:
     """struct ip_vs_dest: one real server of one virtual service."""
 
-    # The fields the data path reads first (one or two cache lines), then the rest.
+    # What a new connection reads first (the scheduler's test, the engine's
+    # plan for the client's walk key, the counts), sharing the object's first
+    # cache line; then the rest.
     __slots__ = (  # noqa: RUF023
-        "available",
-        "inpkts",
-        "inbytes",
         "overloaded",
         "weight",
-        "decisions",
+        "plan_key",
+        "plan",
         "inactive",
-        "conns",
         "u_threshold",
+        "conns",
+        "available",
+        "active",
+        "persist",
+        "inpkts",
+        "inbytes",
+        "decisions",
         "addr",
         "port",
-        "active",
         "outpkts",
         "outbytes",
         "cls",
         "replies",
         "l_threshold",
         "last_weight",
-        "persist",
         "_text",
     )
 
@@ -80,12 +84,17 @@ class Dest:
         self.available = True
         self.overloaded = False
         self._text = ""
-        # ip_vs_stats: conns, inpkts, outpkts, inbytes, outbytes (attributes: the hot path's)
+        # ip_vs_stats: conns, inpkts, outpkts, inbytes, outbytes (attributes: the hot path's;
+        # the engine counts a live connection's own packets on it and adds them here later)
         self.conns = self.inpkts = self.outpkts = self.inbytes = self.outbytes = 0
         # Decisions the engine reuses for this destination (see engine.py):
         # per walk key of a connection's first packet, and of a reply.
         self.decisions: dict[Any, Any] = {}
         self.replies: dict[Any, Any] = {}
+        # The latest of `decisions` used (key, plan): most new connections to
+        # a server come from clients with one walk key (pods alike to the rules).
+        self.plan_key: Any = None
+        self.plan: Any = None
         self.cls: Any = None  # its class to the rules (engine.py), worked out on first use
 
     @property
@@ -97,7 +106,8 @@ class Dest:
 
     @property
     def stats(self) -> list[int]:
-        """conns, inpkts, outpkts, inbytes, outbytes (ip_vs_stats)."""
+        """conns, inpkts, outpkts, inbytes, outbytes (ip_vs_stats); the live
+        connections' own packets are in after the engine's fold_stats()."""
         return [self.conns, self.inpkts, self.outpkts, self.inbytes, self.outbytes]
 
     @property
@@ -157,16 +167,16 @@ class Scheduler:
     def __init__(self, flags: int = 0) -> None:
         self.flags = flags
 
-    def init(self, dests: list[Dest]) -> None:
+    def init(self, dests: Sequence[Dest]) -> None:
         pass
 
-    def changed(self, dests: list[Dest], event: str, index: int) -> None:
+    def changed(self, dests: Sequence[Dest], event: str, index: int) -> None:
         """A destination was added (now at `index`), deleted (was at `index`) or updated."""
 
-    def schedule(self, dests: list[Dest], src: int, sport: int, dst: int) -> Dest | None:
+    def schedule(self, dests: Sequence[Dest], src: int, sport: int, dst: int) -> Dest | None:
         raise NotImplementedError
 
-    def explain(self, dests: list[Dest], src: int, sport: int, dst: int) -> Explain:
+    def explain(self, dests: Sequence[Dest], src: int, sport: int, dst: int) -> Explain:
         return {}
 
 
@@ -181,10 +191,10 @@ class RoundRobin(Scheduler):
 
     name = "rr"
 
-    def init(self, dests: list[Dest]) -> None:
+    def init(self, dests: Sequence[Dest]) -> None:
         self.pos = -1
 
-    def changed(self, dests: list[Dest], event: str, index: int) -> None:
+    def changed(self, dests: Sequence[Dest], event: str, index: int) -> None:
         if event == ADD and self.pos >= 0:
             self.pos += 1  # a new head entry shifts the current one
         elif event == DEL and self.pos >= index:
@@ -192,7 +202,7 @@ class RoundRobin(Scheduler):
             # the previous one (or the head), so the next one is next.
             self.pos -= 1
 
-    def schedule(self, dests: list[Dest], src: int, sport: int, dst: int) -> Dest | None:
+    def schedule(self, dests: Sequence[Dest], src: int, sport: int, dst: int) -> Dest | None:
         n = len(dests)
         pos = self.pos
         # The common case first: the entry after the last choice is usable.
@@ -219,7 +229,7 @@ class RoundRobin(Scheduler):
         pos = self.pos
         return [pos + s if pos + s < n else pos + s - n for s in range(1, n + 1) if pos >= 0 or pos + s < n]
 
-    def explain(self, dests: list[Dest], src: int, sport: int, dst: int) -> Explain:
+    def explain(self, dests: Sequence[Dest], src: int, sport: int, dst: int) -> Explain:
         last = dests[self.pos].text if 0 <= self.pos < len(dests) else "list head"
         return {"after": last, "order": [dests[i].text for i in self.order(len(dests))]}
 
@@ -231,13 +241,13 @@ class WeightedRoundRobin(Scheduler):
 
     name = "wrr"
 
-    def init(self, dests: list[Dest]) -> None:
+    def init(self, dests: Sequence[Dest]) -> None:
         self.cl = -1
         self.di = _gcd_weight(dests, lambda d: d.weight) or 1
         self.mw = max((d.weight for d in dests), default=0) - (self.di - 1)
         self.cw = self.mw
 
-    def changed(self, dests: list[Dest], event: str, index: int) -> None:
+    def changed(self, dests: Sequence[Dest], event: str, index: int) -> None:
         # ip_vs_wrr_dest_changed: back to the head, recompute, keep cw in range.
         self.cl = -1
         self.di = _gcd_weight(dests, lambda d: d.weight) or 1
@@ -247,7 +257,7 @@ class WeightedRoundRobin(Scheduler):
         elif self.di > 1:
             self.cw = (self.cw // self.di) * self.di + 1
 
-    def schedule(self, dests: list[Dest], src: int, sport: int, dst: int) -> Dest | None:
+    def schedule(self, dests: Sequence[Dest], src: int, sport: int, dst: int) -> Dest | None:
         if self.mw == 0:
             return None
         n = len(dests)
@@ -276,7 +286,7 @@ class WeightedRoundRobin(Scheduler):
             if last_pass and restarted and last != -1:
                 stop = last
 
-    def explain(self, dests: list[Dest], src: int, sport: int, dst: int) -> Explain:
+    def explain(self, dests: Sequence[Dest], src: int, sport: int, dst: int) -> Explain:
         after = dests[self.cl].text if 0 <= self.cl < len(dests) else "list head"
         return {"after": after, "current_weight": self.cw, "max_weight": self.mw, "gcd": self.di}
 
@@ -287,7 +297,7 @@ class LeastConnection(Scheduler):
 
     name = "lc"
 
-    def schedule(self, dests: list[Dest], src: int, sport: int, dst: int) -> Dest | None:
+    def schedule(self, dests: Sequence[Dest], src: int, sport: int, dst: int) -> Dest | None:
         least: Dest | None = None
         loh = 0
         for d in dests:
@@ -298,7 +308,7 @@ class LeastConnection(Scheduler):
                 least, loh = d, doh
         return least
 
-    def explain(self, dests: list[Dest], src: int, sport: int, dst: int) -> Explain:
+    def explain(self, dests: Sequence[Dest], src: int, sport: int, dst: int) -> Explain:
         return {"loads": {d.text: d.overhead() for d in dests if usable(d)}}
 
 
@@ -311,7 +321,7 @@ class WeightedLeastConnection(Scheduler):
     def overhead(self, d: Dest) -> int:
         return d.overhead()
 
-    def schedule(self, dests: list[Dest], src: int, sport: int, dst: int) -> Dest | None:
+    def schedule(self, dests: Sequence[Dest], src: int, sport: int, dst: int) -> Dest | None:
         it = iter(dests)
         least: Dest | None = None
         for d in it:
@@ -329,7 +339,7 @@ class WeightedLeastConnection(Scheduler):
                 least, loh = d, doh
         return least
 
-    def explain(self, dests: list[Dest], src: int, sport: int, dst: int) -> Explain:
+    def explain(self, dests: Sequence[Dest], src: int, sport: int, dst: int) -> Explain:
         return {"loads": {d.text: f"{self.overhead(d)}/{d.weight}" for d in dests if not d.overloaded}}
 
 
@@ -348,7 +358,7 @@ class NeverQueue(Scheduler):
 
     name = "nq"
 
-    def schedule(self, dests: list[Dest], src: int, sport: int, dst: int) -> Dest | None:
+    def schedule(self, dests: Sequence[Dest], src: int, sport: int, dst: int) -> Dest | None:
         least: Dest | None = None
         loh = 0
         for d in dests:
@@ -361,7 +371,7 @@ class NeverQueue(Scheduler):
                 least, loh = d, doh
         return least
 
-    def explain(self, dests: list[Dest], src: int, sport: int, dst: int) -> Explain:
+    def explain(self, dests: Sequence[Dest], src: int, sport: int, dst: int) -> Explain:
         return {"loads": {d.text: f"{d.active + 1}/{d.weight}" for d in dests if usable(d)}}
 
 
@@ -370,7 +380,7 @@ class WeightedFailover(Scheduler):
 
     name = "fo"
 
-    def schedule(self, dests: list[Dest], src: int, sport: int, dst: int) -> Dest | None:
+    def schedule(self, dests: Sequence[Dest], src: int, sport: int, dst: int) -> Dest | None:
         best: Dest | None = None
         hw = 0
         for d in dests:
@@ -378,7 +388,7 @@ class WeightedFailover(Scheduler):
                 best, hw = d, d.weight
         return best
 
-    def explain(self, dests: list[Dest], src: int, sport: int, dst: int) -> Explain:
+    def explain(self, dests: Sequence[Dest], src: int, sport: int, dst: int) -> Explain:
         return {"weights": {d.text: d.weight for d in dests if not d.overloaded}}
 
 
@@ -388,7 +398,7 @@ class Overflow(Scheduler):
 
     name = "ovf"
 
-    def schedule(self, dests: list[Dest], src: int, sport: int, dst: int) -> Dest | None:
+    def schedule(self, dests: Sequence[Dest], src: int, sport: int, dst: int) -> Dest | None:
         best: Dest | None = None
         hw = 0
         for d in dests:
@@ -399,7 +409,7 @@ class Overflow(Scheduler):
                 best, hw = d, w
         return best
 
-    def explain(self, dests: list[Dest], src: int, sport: int, dst: int) -> Explain:
+    def explain(self, dests: Sequence[Dest], src: int, sport: int, dst: int) -> Explain:
         return {"active/weight": {d.text: f"{d.active}/{d.weight}" for d in dests if not d.overloaded}}
 
 
@@ -421,7 +431,7 @@ class SourceHashing(Scheduler):
 
     name = "sh"
 
-    def init(self, dests: list[Dest]) -> None:
+    def init(self, dests: Sequence[Dest]) -> None:
         self.buckets: list[Dest | None] = [None] * SH_TAB_SIZE
         if not dests:
             return
@@ -434,13 +444,13 @@ class SourceHashing(Scheduler):
                 i = (i + 1) % len(dests)
                 d_count = 0
 
-    def changed(self, dests: list[Dest], event: str, index: int) -> None:
+    def changed(self, dests: Sequence[Dest], event: str, index: int) -> None:
         self.init(dests)
 
     def _port(self, sport: int) -> int:
         return sport if self.flags & F_SCHED_PORT else 0
 
-    def schedule(self, dests: list[Dest], src: int, sport: int, dst: int) -> Dest | None:
+    def schedule(self, dests: Sequence[Dest], src: int, sport: int, dst: int) -> Dest | None:
         port = self._port(sport)
         ihash = sh_hashkey(src, port, 0)
         d = self.buckets[ihash]
@@ -458,7 +468,7 @@ class SourceHashing(Scheduler):
                 return d
         return None
 
-    def explain(self, dests: list[Dest], src: int, sport: int, dst: int) -> Explain:
+    def explain(self, dests: Sequence[Dest], src: int, sport: int, dst: int) -> Explain:
         bucket = sh_hashkey(src, self._port(sport), 0)
         d = self.buckets[bucket]
         return {"hashed": f"{int_to_ip(src)}:{self._port(sport)}", "bucket": bucket, "server": d.text if d else None}
@@ -470,20 +480,20 @@ class DestinationHashing(Scheduler):
 
     name = "dh"
 
-    def init(self, dests: list[Dest]) -> None:
+    def init(self, dests: Sequence[Dest]) -> None:
         n = len(dests)
         self.buckets: list[Dest | None] = [dests[b % n] if n else None for b in range(SH_TAB_SIZE)]
 
-    def changed(self, dests: list[Dest], event: str, index: int) -> None:
+    def changed(self, dests: Sequence[Dest], event: str, index: int) -> None:
         self.init(dests)
 
-    def schedule(self, dests: list[Dest], src: int, sport: int, dst: int) -> Dest | None:
+    def schedule(self, dests: Sequence[Dest], src: int, sport: int, dst: int) -> Dest | None:
         d = self.buckets[hash_32(dst, SH_TAB_BITS)]
         if d is None or not d.available or d.weight <= 0 or d.overloaded:
             return None
         return d
 
-    def explain(self, dests: list[Dest], src: int, sport: int, dst: int) -> Explain:
+    def explain(self, dests: Sequence[Dest], src: int, sport: int, dst: int) -> Explain:
         bucket = hash_32(dst, SH_TAB_BITS)
         d = self.buckets[bucket]
         return {"hashed": int_to_ip(dst), "bucket": bucket, "server": d.text if d else None}
@@ -512,14 +522,14 @@ class MaglevHashing(Scheduler):
 
     name = "mh"
 
-    def init(self, dests: list[Dest]) -> None:
+    def init(self, dests: Sequence[Dest]) -> None:
         self.lookup: list[Dest | None] = [None] * MH_TAB_SIZE
         self._populate(dests)
 
-    def changed(self, dests: list[Dest], event: str, index: int) -> None:
+    def changed(self, dests: Sequence[Dest], event: str, index: int) -> None:
         self._populate(dests)
 
-    def _populate(self, dests: list[Dest]) -> None:
+    def _populate(self, dests: Sequence[Dest]) -> None:
         g = _gcd_weight(dests, lambda d: d.last_weight)
         if g < 1:
             self.lookup = [None] * MH_TAB_SIZE
@@ -563,7 +573,7 @@ class MaglevHashing(Scheduler):
     def _port(self, sport: int) -> int:
         return sport if self.flags & F_SCHED_PORT else 0
 
-    def schedule(self, dests: list[Dest], src: int, sport: int, dst: int) -> Dest | None:
+    def schedule(self, dests: Sequence[Dest], src: int, sport: int, dst: int) -> Dest | None:
         port = self._port(sport)
         ihash = mh_hashkey(src, port, MH_HASH1, 0) % MH_TAB_SIZE
         d = self.lookup[ihash]
@@ -582,7 +592,7 @@ class MaglevHashing(Scheduler):
                 return d
         return None
 
-    def explain(self, dests: list[Dest], src: int, sport: int, dst: int) -> Explain:
+    def explain(self, dests: Sequence[Dest], src: int, sport: int, dst: int) -> Explain:
         port = self._port(sport)
         slot = mh_hashkey(src, port, MH_HASH1, 0) % MH_TAB_SIZE
         d = self.lookup[slot]
@@ -594,7 +604,7 @@ class MaglevHashing(Scheduler):
         }
 
 
-def _gcd_weight(dests: list[Dest], weight: Callable[[Dest], int]) -> int:
+def _gcd_weight(dests: Sequence[Dest], weight: Callable[[Dest], int]) -> int:
     g = 0
     for d in dests:
         w = weight(d)

@@ -302,3 +302,19 @@ def test_capture_thresholds_mark_overload(mode: IpvsMode) -> None:
     m.load_capture("-A -t 172.30.0.1:80 -s lc\n-a -t 172.30.0.1:80 -r 10.180.0.1:80 -m -w 1 -x 1\n", [], "t")
     assert m.route(syn(1), 0.0).verdict is Verdict.DNAT
     assert m.route(syn(2), 0.0).verdict is Verdict.REJECT  # the only server is overloaded
+
+
+def test_every_field_of_a_connection_is_set_whichever_way_it_was_made(mode: IpvsMode) -> None:
+    """The data path makes connections inline (no __init__); a field left
+    unset would raise AttributeError on some later, rarer packet."""
+    from proxy_modes.ipvs.engine import Conn
+
+    mode.route(syn(1000), 0.0)  # the fast path
+    mode.route(syn(1001, 443), 0.0)  # the fast path, persistent: a template too
+    mode.trace(syn(1002), 0.0)  # the traced path
+    mode.route(Packet(UDP, CLIENT, 1003, parse_ip("172.30.0.10"), 53), 0.0)
+    entries = [*mode.conns.values(), *mode.templates.values()]
+    assert len(entries) == 5
+    for cp in entries:
+        unset = [name for name in Conn.__slots__ if not hasattr(cp, name)]
+        assert not unset, f"{cp.flow}: {unset} not set"

@@ -73,6 +73,28 @@ def test_stats_and_rate_columns() -> None:
     assert rate[4] == "  -> 10.180.0.1:80                       0        0        0        0        0"
 
 
+def test_stats_count_every_packet_of_live_and_expired_connections() -> None:
+    """An established connection's packets count on the connection and reach
+    its server's stats for the listing, also after the connection expired."""
+    mode = IpvsMode(random.Random(0))
+    mode.load_capture("-A -t 172.30.0.1:80 -s rr\n-a -t 172.30.0.1:80 -r 10.180.0.1:80 -m -w 1\n", [], "x")
+    first = Packet(TCP, parse_ip("10.0.0.1"), 1000, parse_ip("172.30.0.1"), 80, flags=SYN, length=60)
+    mode.route(first, 0.0)
+    for n in range(4):
+        mode.route(first._replace(flags=ACK, length=100), 1.0 + n)
+    line = "  -> 10.180.0.1:80                       1        5        0      460        0"
+    assert mode.dump_with(stats=True).splitlines()[4] == line
+    assert mode.dump_with(stats=True).splitlines()[4] == line  # listed twice, counted once
+    mode.route(first._replace(sport=1001, length=60), 5.0)
+    mode.route(first._replace(sport=1001, flags=ACK, length=40), 5.0)
+    mode.tick(10_000.0)  # both expire
+    assert not mode.conns
+    assert (
+        mode.dump_with(stats=True).splitlines()[4]
+        == "  -> 10.180.0.1:80                       2        7        0      560        0"
+    )
+
+
 def test_largenum_and_the_wrapped_comparator() -> None:
     assert largenum(99_999_999) == " 99999999"
     assert largenum(123_456_789) == "  123456K"
