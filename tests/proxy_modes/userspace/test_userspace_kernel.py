@@ -215,7 +215,8 @@ def test_pod_reaches_a_cluster_ip_through_redirect_into_the_real_proxy_and_on_to
             # packet came in on, and drops it when that has none: the harness's
             # node-side veths have no address (routed, like Calico). The portal
             # matched (its counter says so), and the SYN is gone.
-            lost = client.connect(vip, 80, sport=41000)
+            # (Half a second: TCP's first SYN retransmission, at 1 s, would count twice.)
+            lost = client.connect(vip, 80, sport=41000, timeout=0.5)
             assert lost.status == "timeout", lost
             counted = [line for line in node.run(["iptables-save", "-c"]).splitlines() if "REDIRECT" in line]
             assert len(counted) == 1 and counted[0].startswith("[1:"), counted
