@@ -28,7 +28,9 @@ Two ways to drive it, both sans-IO (`now` is integer ns):
 
 - `send(packet, now)`: returns the copies that will leave and when. Exact for
   every configuration without `slot` (a packet then leaves at its
-  time_to_send, or now if that has passed). The simulator's fast path.
+  time_to_send, or now if that has passed). The simulator's fast path;
+  on a `steady` link (a fixed delay, a limit, maybe a rate: one unmarked
+  copy or none) `arrival(packet, now)` gives the same answer as one number.
 - `enqueue(packet, now)` / `dequeue(now)` / `wakeup`: the qdisc interface.
   `enqueue` runs netem_enqueue and the dequeue that follows it in the kernel
   and returns what leaves at `now`; `wakeup` is when the watchdog fires next

@@ -58,6 +58,9 @@ handled at once at its arrival time (`_to_host`), so is one a node only
 forwards (`_to_transit`); retransmission timers become events only once a
 packet of their connection is lost (see "retransmission timers"). Each rule
 says when it is exact; otherwise every arrival and every timer is an event.
+A steady link (a fixed delay: the common "delay 1ms") answers with the
+arrival time alone (`Link.arrival`), and the cyclic garbage collector
+rests during a run (`_paused_gc`).
 """
 
 from __future__ import annotations
@@ -423,10 +426,16 @@ class Sim:
     def _run(self, until: int | None) -> None:
         heap = self.heap
         pop = heappop
+        if until is None:  # the usual whole run: no bound to check per event
+            while heap:
+                t, _, fn, a, b, c = pop(heap)
+                self.now = t
+                fn(t, a, b, c)
+            return
         while heap:
             event = pop(heap)
             t = event[0]
-            if until is not None and t > until:
+            if t > until:
                 heappush(heap, event)
                 return
             self.now = t
