@@ -194,6 +194,12 @@ class CtEntry:
     # was a RST (last_dir/last_index), else 0: what lets a SYN reopen it.
     closing: bool = False
     last_rst: int = 0
+    # A mode's memo of its last decision for a later packet, per direction
+    # (what it depended on and the decision; the mode decides what that is).
+    # Kept on the entry itself so a packet of a known connection touches one
+    # object besides the table (see FlowCache for modes that keep more).
+    memo_orig: tuple[Any, ...] | None = None
+    memo_reply: tuple[Any, ...] | None = None
 
     @property
     def dnat(self) -> tuple[int, int] | None:

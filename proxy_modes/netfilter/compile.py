@@ -17,7 +17,15 @@ when compiled is not called (it would return at once); the compiled function
 remembers which chains it looked at and is rebuilt if any of them changed.
 Long chains (KUBE-SERVICES, KUBE-NODEPORTS) are not inlined: they run
 through their index, which skips the rules that cannot match (still
-counting them), with each candidate's test compiled the same way.
+counting them), with each candidate's test compiled the same way; those
+per-destination functions read their values from one tuple (`K[i]`), and
+equal small numbers are one shared object, because at 30,000 services what
+a new flow waits for is memory, not bytecode.
+
+The rules evaluated are counted where the walk leaves the function: the
+positions there are known when the code is written, so an exit adds one
+sum to `st.rules` (plus what copied-in chains it came back from added to
+a local).
 """
 
 from __future__ import annotations
@@ -110,34 +118,68 @@ INLINE_DEPTH = 4  # how deep small called chains are copied into their caller
 INLINE_CALLEE_RULES = 24  # the largest chain copied into a caller (a KUBE-SVC chain of 10 endpoints with affinity: 21)
 
 
+_SHARED: dict[int, int] = {}  # one object per small number used as a constant
+
+
+def _shared(value: Any) -> Any:
+    """The same int object for equal small numbers (ports, positions,
+    statistic thresholds): tens of thousands of compiled functions then
+    read a few hot objects instead of a cold one each."""
+    if type(value) is int and 0 <= value <= 0x80000000:
+        if len(_SHARED) >= 200_000:
+            _SHARED.clear()
+        return _SHARED.setdefault(value, value)
+    return value
+
+
 class _Gen:
     """Writes a chain's function: constants as parameters, small called
-    chains copied in (a `while True:` block whose `break` is their RETURN)."""
+    chains copied in (a `while True:` block whose `break` is their RETURN).
+    With `packed`, the constants are read from one tuple `K` instead: the
+    many per-destination functions of a long chain then keep their values
+    in one compact object rather than one closure cell each (what a new
+    flow to a cold service touches in memory is what it waits for)."""
 
-    def __init__(self, labels: Mapping[str, object], chains: Mapping[str, Chain] | None) -> None:
+    def __init__(self, labels: Mapping[str, object], chains: Mapping[str, Chain] | None, packed: bool = False) -> None:
         self.labels = labels
         self.chains = chains
+        self.packed = packed
         self.consts: list[Any] = []
         self.deps: list[str] = []
 
     def k(self, value: Any) -> str:
-        self.consts.append(value)
-        return f"k{len(self.consts) - 1}"
+        self.consts.append(_shared(value))
+        i = len(self.consts) - 1
+        return f"K[{i}]" if self.packed else f"k{i}"
 
-    def body(self, chain: Chain, depth: int, indent: str, path: tuple[str, ...]) -> list[str]:
+    def body(
+        self, chain: Chain, depth: int, indent: str, path: tuple[str, ...], above: tuple[str, ...] = ()
+    ) -> list[str]:
         """The statements of `chain`: each exit counts the rules evaluated."""
-        return self.some(list(enumerate(chain.rules)), len(chain.rules), depth, indent, path)
+        return self.some(list(enumerate(chain.rules)), len(chain.rules), depth, indent, path, above)
 
     def some(
-        self, rules: list[tuple[int, Rule]], total: int, depth: int, indent: str, path: tuple[str, ...]
+        self,
+        rules: list[tuple[int, Rule]],
+        total: int,
+        depth: int,
+        indent: str,
+        path: tuple[str, ...],
+        above: tuple[str, ...] = (),
     ) -> list[str]:
         """Statements for some of a chain's rules (by position; the others
-        cannot match this packet), counting as if every rule were tried."""
-        base = f"b{depth}"
-        out = [f"{indent}{base} = 0"]
+        cannot match this packet), counting as if every rule were tried.
+
+        How the count is kept: a walk that leaves the function at a rule has
+        evaluated, in each chain it is inside, the rules up to the one it is
+        at, and every rule of the inlined chains it already came back from.
+        The first part is known where the code is written (`above`: the
+        positions of the enclosing chains' jumps, plus this rule's); the
+        second is the local `r`, which a copied-in chain adds its count to
+        when it returns. So an exit writes `st.rules` once."""
+        out = [f"{indent}r = 0"] if depth == 0 else []
         if any(not isinstance(m, xt.PURE_MATCHES) for _, rule in rules for m in rule.matches):
             out.append(f"{indent}st.pure = False")  # random or stateful matches ahead: never cache this walk
-        leave = "return 0" if depth == 0 else "break"
         # A subset's positions (and the chain's length) vary from one
         # destination to the next: as parameters they keep the shape shared.
         subset = len(rules) != total
@@ -145,10 +187,17 @@ class _Gen:
             cond = _condition(rule, self.k)
             out.append(f"{indent}if {cond}:" if cond else f"{indent}if True:")
             n = self.k(pos + 1) if subset else str(pos + 1)
-            out += self.action(rule, n, base, leave, depth, indent + "    ", path)
-        out.append(f"{indent}st.rules += {self.k(total) if subset else total} - {base}")
-        out.append(f"{indent}{leave}")
+            out += self.action(rule, n, depth, indent + "    ", path, above)
+        out += [f"{indent}{line}" for line in self.leave(self.k(total) if subset else str(total), depth, above)]
         return out
+
+    def leave(self, n: str, depth: int, above: tuple[str, ...]) -> list[str]:
+        """Leave the chain (its end, or RETURN) after `n` of its rules: the
+        function returns 0, or a copied-in chain adds its count and goes back
+        to its caller's next rule."""
+        if depth == 0:
+            return [f"st.rules += {_sum(('r', *above, n))}", "return 0"]
+        return [f"r += {n}", "break"] if n != "0" else ["break"]
 
     def inlinable(self, name: str, depth: int, path: tuple[str, ...]) -> Chain | None:
         callee = self.chains.get(name) if self.chains is not None else None
@@ -159,18 +208,18 @@ class _Gen:
         return callee
 
     def action(
-        self, rule: Rule, n: str, base: str, leave: str, depth: int, indent: str, path: tuple[str, ...]
+        self, rule: Rule, n: str, depth: int, indent: str, path: tuple[str, ...], above: tuple[str, ...]
     ) -> list[str]:
         """The target as statements; `n` rules of this chain have been evaluated."""
         k = self.k
         target = rule.target
         kind = target.kind
-        credit = f"st.rules += {n} - {base}"
+        count = f"st.rules += {_sum(('r', *above, n))}"  # before the function returns from here
         lines: list[str]
         if kind in (xt.T_NONE, xt.T_LOG):
             lines = ["pass"]
         elif kind == xt.T_MARK:
-            lines = [credit, f"{base} = {n}", f"st.mark = (st.mark & {k(~target.mask & MAX)}) ^ {k(target.value)}"]
+            lines = [f"st.mark = (st.mark & {k(~target.mask & MAX)}) ^ {k(target.value)}"]
         elif kind in (xt.T_JUMP, xt.T_GOTO):
             service = self.labels.get(target.name)
             label = [f"if st.service is None: st.service = {k(service)}"] if service is not None else []
@@ -178,35 +227,44 @@ class _Gen:
             if callee is not None:
                 # The called chain, copied in: its RETURN (and its end) leave the block.
                 self.deps.append(target.name)
-                lines = [credit, f"{base} = {n}", *label, "while True:"]
-                inner = self.body(callee, depth + 1, indent + "    ", (*path, target.name))
+                if not callee.rules:  # nothing to do there: only the jump itself counts
+                    return [f"{indent}{line}" for line in label or ["pass"]]
+                lines = [*label, "while True:"]
+                inner = self.body(callee, depth + 1, indent + "    ", (*path, target.name), (*above, n))
                 return [f"{indent}{line}" for line in lines] + inner
             name = k(target.name)
             if kind == xt.T_GOTO:
-                lines = [credit, *label, f"return FN[{name}](st)"]
+                lines = [count, *label, f"return FN[{name}](st)"]
             else:
-                lines = [credit, f"{base} = {n}", *label, f"v = FN[{name}](st)", "if v: return v"]
+                lines = [*label, f"v = FN[{name}](st)", f"if v: {count}; return v"]
         elif kind == xt.T_RETURN:
-            lines = [credit, leave]
+            lines = self.leave(n, depth, above)
         elif kind == xt.T_ACCEPT:
-            lines = [credit, "return 1"]
+            lines = [count, "return 1"]
         elif kind == xt.T_DROP:
-            lines = [credit, "return 2"]
+            lines = [count, "return 2"]
         elif kind == xt.T_REJECT:
-            lines = [credit, "return 3"]
+            lines = [count, "return 3"]
         elif kind == xt.T_DNAT:
             # Netfilter._nat for DNAT, inlined (no trace here: tracing walks with the interpreter).
             ip, port = k(target.ip), (k(target.port) if target.port is not None else "st.dport")
             lines = [
-                credit,
+                count,
                 f"st.dnat = ({ip}, {port})",
                 f"st.dst, st.dport = {ip}, {port}",
                 "st.ctstate |= 64",
                 "return 1",
             ]
         else:
-            lines = [credit, f"NAT({k(target)}, st, '')", "return 1"]
+            lines = [count, f"NAT({k(target)}, st, '')", "return 1"]
         return [f"{indent}{line}" for line in lines]
+
+
+def _sum(terms: tuple[str, ...]) -> str:
+    """`a + b + 3` for the terms, with the literal numbers added up."""
+    literal = sum(int(t) for t in terms if t.isdigit())
+    names = [t for t in terms if not t.isdigit()]
+    return " + ".join([*names, str(literal)] if literal or not names else names)
 
 
 def chain_source(
@@ -318,17 +376,15 @@ def _subset_fn(
     """A function for some rules of chain `owner` (by position), made once
     per distinct set of rules and copied-in chains."""
     chains = registry.table.chains
-    gen = _Gen(labels, chains)
+    gen = _Gen(labels, chains, packed=True)
     body = gen.some(subset, total, 0, "        ", ())
     deps = tuple(chains[name] for name in gen.deps)
     key = (nf, tuple(map(id, (r for _, r in subset))), tuple(p for p, _ in subset), total, tuple(map(id, deps)))
     hit = _KEYED.get(key)
     if hit is not None:
         return hit[0]
-    params = ", ".join(f"k{i}" for i in range(len(gen.consts)))
-    head = f"def factory(FN, NAT, RAND{', ' + params if params else ''}):"
-    source = "\n".join([head, "    def chain(st):", *body, "    return chain", ""])
-    fn: ChainFn = _factory(source)(registry, nf._nat, rand, *gen.consts)
+    source = "\n".join(["def factory(FN, NAT, RAND, K):", "    def chain(st):", *body, "    return chain", ""])
+    fn: ChainFn = _factory(source)(registry, nf._nat, rand, tuple(gen.consts))
     if len(_KEYED) >= _KEYED_MAX:
         _KEYED.clear()
     # The rules and chains are kept with the function: their ids stay theirs.

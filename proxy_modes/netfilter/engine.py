@@ -45,7 +45,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from netem.addr import MAX, int_to_ip
-from netem.conntrack import ASSURED, ORIGINAL, REPLY, SEEN_REPLY, Conntrack, CtEntry, FlowCache, tcp_next_state
+from netem.conntrack import ASSURED, ORIGINAL, REPLY, SEEN_REPLY, Conntrack, CtEntry, tcp_next_state
 from netem.conntrack import ESTABLISHED as TCP_ESTABLISHED
 from netem.gcpause import paused_gc
 from netem.packet import ACK, TCP, Packet, format_flow, proto_name
@@ -378,42 +378,44 @@ class Netfilter:
     def route(self, packet: Packet, now: float) -> Decision:
         flow = packet[:5]
         entry = self._ct_get(flow)
-        if entry is not None and entry.expires > now:
-            direction = ORIGINAL if entry.orig == flow else REPLY
-            if (
-                entry.state == TCP_ESTABLISHED
-                and packet.flags == ACK
-                and entry.status & _REPLIED_ASSURED == _REPLIED_ASSURED
-                and packet.proto == TCP
-            ):
-                # Conntrack.update for the commonest packet, inlined: an ACK
-                # keeps an established, answered, assured TCP connection as it
-                # is and refreshes its timer (tcp_conntracks[dir][ack][ESTABLISHED]).
-                entry.expires = now + self._tcp_established_timeout
-                valid = True
-            else:
-                checked = self.conntrack.update(entry, direction, packet.flags, now)
-                if checked is None:  # a SYN reopening a closed connection: the first packet of a new one
-                    return self._first(packet, now, flow)
-                valid = checked
-            flow_cache = entry.data
-            if valid and type(flow_cache) is FlowCache:
-                # A later packet whose filter walk was seen before: its decision, as it was.
-                cached = flow_cache.orig if direction == ORIGINAL else flow_cache.reply
-                if (
-                    cached is not None
-                    and cached[0] == self.generation
-                    and cached[1] == entry.status & _NAT_AND_REPLY
-                    and cached[2] == packet.iif
-                    and cached[3] == packet.local
-                ):
-                    return cached[4]
-            return self._established(packet, now, entry, direction, valid, None)
-        if entry is not None:
+        if entry is None:
+            return self._first(packet, now, flow)
+        if entry.expires <= now:
             tracked = self.conntrack.track(flow, packet.flags, now)
             if tracked is not None:  # (expired: lookup removed it)
                 return self._established(packet, now, *tracked, None)
-        return self._first(packet, now, flow)
+            return self._first(packet, now, flow)
+        direction = ORIGINAL if entry.orig == flow else REPLY
+        proto, _, _, _, _, local, iif, flags, _ = packet
+        if (
+            flags & _ACK_CLASS == ACK
+            and entry.state == TCP_ESTABLISHED
+            and entry.status & _REPLIED_ASSURED == _REPLIED_ASSURED
+            and proto == TCP
+        ):
+            # Conntrack.update for the commonest packet, inlined: a segment of
+            # the ACK class (no SYN, FIN or RST) keeps an established,
+            # answered, assured TCP connection as it is and refreshes its
+            # timer (tcp_conntracks[dir][TCP_ACK_SET][ESTABLISHED]).
+            entry.expires = now + self._tcp_established_timeout
+            valid = True
+        else:
+            checked = self.conntrack.update(entry, direction, flags, now)
+            if checked is None:  # a SYN reopening a closed connection: the first packet of a new one
+                return self._first(packet, now, flow)
+            valid = checked
+        if valid:
+            # A later packet whose filter walk was seen before: its decision, as it was.
+            memo = entry.memo_orig if direction == ORIGINAL else entry.memo_reply
+            if (
+                memo is not None
+                and memo[0] == self.generation
+                and memo[1] == entry.status & _NAT_AND_REPLY
+                and memo[2] == iif
+                and memo[3] == local
+            ):
+                return memo[4]
+        return self._established(packet, now, entry, direction, valid, None)
 
     def _first(self, packet: Packet, now: float, flow: tuple[int, ...]) -> Decision:
         """A packet without a conntrack entry: it may open a connection."""
@@ -782,16 +784,13 @@ class Netfilter:
             ctstate |= CT_DNAT
         if entry.status & 0x10:
             ctstate |= CT_SNAT
-        flow = entry.data
-        if type(flow) is not FlowCache:
-            flow = entry.data = FlowCache(flow)  # the first later packet; data was the service
         if steps is not None:
             steps.append(Step("conntrack", _entry_text(entry, direction)))
         st = self.new_state(packet, now)
         st.ctstate, st.steps = ctstate, steps
         verdict = self._later_packet(st, entry, direction)
         rules = st.rules
-        service = flow.service
+        service = entry.data  # the service the first packet was routed to
         if verdict != V_ACCEPT:
             decision = Decision(_VERDICTS[verdict], None, False, rules, 1, service, established=True)  # type: ignore[arg-type]
         else:
@@ -806,11 +805,11 @@ class Netfilter:
                 established=True,
             )
         if st.pure and valid and steps is None:
-            key = (self.generation, entry.status & _NAT_AND_REPLY, packet.iif, packet.local, decision)
+            memo = (self.generation, entry.status & _NAT_AND_REPLY, packet.iif, packet.local, decision)
             if direction == ORIGINAL:
-                flow.orig = key
+                entry.memo_orig = memo
             else:
-                flow.reply = key
+                entry.memo_reply = memo
         return decision
 
     def _invalid(self, packet: Packet, now: float, entry: CtEntry, steps: list[Step] | None) -> Decision:
@@ -894,6 +893,7 @@ class Netfilter:
 # table from NONE); one that cannot is INVALID and skips the nat table.
 _OPENS = tuple(tcp_next_state(ORIGINAL, flags, 0) < 10 for flags in range(256))
 _REPLIED_ASSURED = SEEN_REPLY | ASSURED
+_ACK_CLASS = 0x17  # SYN | FIN | RST | ACK: a segment is of the ACK class when only ACK of these is set
 _NAT_AND_REPLY = SEEN_REPLY | 0x10 | 0x20  # the status bits a later packet's filter walk depends on
 
 
