@@ -1,8 +1,12 @@
 """The L7 router: what the rendered nginx.conf does with one HTTP request.
 
 Sans-IO and fast: servers are found in a dict (exact names) or by the one
-label a wildcard allows; locations per server in an exact dict, a prefix dict
-probed by length (longest first), and the regex list in order. The decision
+label a wildcard allows; a server's `=` and prefix locations (and the URIs of
+its 301s) in one dict, probed with the URI, then with its leading parts of
+the prefix names' lengths (longest first); regex locations in order. A
+request for a location that only balances round robin is decided without a
+further call (most of what it costs with 10,000 hosts is fetching memory, so
+the objects it touches are few and built close together). The decision
 follows nginx's request phases in their real order
 (ngx_http_core_module.c: server rewrite, find config, location rewrite,
 access, content):
@@ -34,7 +38,7 @@ import re
 import sys
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -175,77 +179,121 @@ def _simple(path: str) -> bool:
     return "%" not in path and "//" not in path and "/." not in path
 
 
-class _Plan(NamedTuple):
-    """What one nginx location does, precomputed for the hot path."""
+def _copy(text: str) -> str:
+    """A new str equal to `text` (see _Balancer)."""
+    return "".join((text, ""))
 
+
+@dataclass(slots=True, eq=False)
+class _Balancer:
+    """One upstream as the fast path needs it: its round robin, shared by
+    every location that proxies to it (nginx keeps one peer list per
+    upstream block), and the values a decision for it carries.
+
+    Those values are copies made while the router is built, so the objects a
+    decision references for 1,000 upstreams sit together in a few pages
+    instead of all over the model's heap: with 10,000 hosts and random
+    requests, the time of a decision is mostly memory the CPU must fetch."""
+
+    next: int  # how many requests it has sent: endpoints[next % len(endpoints)] is the next one
+    endpoints: tuple[Endpoint, ...]
+    name: str
+    service: str
+    port: int | str
+
+    @classmethod
+    def of(cls, up: Upstream) -> _Balancer:
+        endpoints = tuple(Endpoint(*ep) for ep in up.endpoints)
+        return cls(0, endpoints, _copy(up.name), _copy(up.service), up.port)
+
+    def choose(self) -> Endpoint:
+        """Smooth weighted round robin with equal weights: in order."""
+        i = self.next
+        self.next = i + 1
+        return self.endpoints[i % len(self.endpoints)]
+
+
+@dataclass(slots=True, eq=False)
+class _Plan:
+    """What one nginx location does, precomputed. The fields the fast path
+    reads come first (close together in memory)."""
+
+    exact: bool  # an `=` location, or `moved`: the URI's own match, which ends the search
+    fast: bool  # round robin and nothing else: no 308, rewrite, access rules, canary, affinity or hash
+    balancer: _Balancer | None  # the upstream's
     nl: NginxLocation
     ingress: str | None
+    twin: _Plan | None  # on an `=` location: the prefix location of the same name
+    moved: bool  # not a location: the 301 to URI + "/" that location `nl` (named URI + "/") answers
+    service: str | None
+    port: int | str | None
     limit: int  # client_max_body_size in bytes, 0 = unlimited
     redirect: bool  # the 308 to https applies
     rewrite: bool
     access: bool  # deny/allow rules
     upstream: Upstream | None
-    service: str | None
-    port: int | str | None
-    counter: list[int]  # the upstream's round-robin position (shared by its locations)
-    simple: bool  # plain round robin over endpoints: no canary, affinity or hash
-    endpoints: tuple[Endpoint, ...]  # the upstream's, at hand for the simple case
-    upstream_name: str | None
 
 
-@dataclass(slots=True)
-class _ServerIndex:
-    server: Server
+class _Locations(dict[str, _Plan]):
+    """One server block: its `=` and prefix locations by name, and the
+    server's other facts as attributes (a Host leads to one object).
+
+    Locations are found as ngx_http_core_find_location finds them: the `=`
+    location named as the URI, else the longest prefix location, unless a
+    regex matches (in order, first wins). A prefix location's name always
+    ends in "/" (locations.py), so its candidates are the URI's leading parts
+    of the lengths in `lengths`. A name can be both `= /a/` and `/a/`: the
+    `=` plan then holds the prefix plan as its `twin`. The URIs nginx answers
+    with its auto_redirect 301 are in the dict too, as plans marked `moved`."""
+
+    __slots__ = ("app_root", "lengths", "name", "regexes")
+    lengths: tuple[int, ...]  # of the prefix names, longest first
     name: str
     app_root: str
-    exact: dict[str, _Plan]
-    prefix: dict[str, _Plan]
-    lengths: tuple[int, ...]
     regexes: tuple[tuple[re.Pattern[str], _Plan], ...]
-    redirects: frozenset[str]  # URIs nginx answers with a 301 to URI + "/"
 
     @classmethod
     def build(
-        cls, server: Server, plan: Callable[[NginxLocation, Server], _Plan], keep_spec: bool = True
-    ) -> _ServerIndex:
+        cls,
+        server: Server,
+        plan: Callable[[NginxLocation, Server], _Plan],
+        keep_spec: bool = True,
+        shared: dict[tuple[int, ...], tuple[int, ...]] | None = None,
+    ) -> _Locations:
+        """`shared` holds the length tuples other servers already use: the
+        10,000 servers of a big config then share a few (as they share the
+        interned location names) instead of one copy each."""
         nls = nginx_locations(server, keep_spec)
-        exact = {nl.name: plan(nl, server) for nl in nls if nl.modifier == "="}
-        prefix = {nl.name: plan(nl, server) for nl in nls if nl.modifier == ""}
+        exact = {sys.intern(nl.name): plan(nl, server) for nl in nls if nl.modifier == "="}
+        prefix = {sys.intern(nl.name): plan(nl, server) for nl in nls if nl.modifier == ""}
         regexes = tuple((re.compile(nl.name, re.IGNORECASE), plan(nl, server)) for nl in nls if nl.modifier == "~*")
+        # what route() relies on (locations.py): a prefix name ends in "/";
+        # a server's locations are all regexes or none
+        assert all(name.endswith("/") for name in prefix) and not (regexes and (exact or prefix)), server.host
+        index = cls(prefix)
+        for name, hit in exact.items():
+            hit.twin = prefix.get(name)
+            index[name] = hit
         # proxy_pass sets auto_redirect on a location whose name ends in "/";
         # every location we render proxies, except those without a backend.
         # A request for that name without the "/" gets the 301, unless a
         # location is named exactly so (ngx_http_core_find_static_location).
-        redirects = frozenset(
-            nl.name[:-1]
-            for nl in nls
-            if nl.modifier != "~*" and nl.name.endswith("/") and nl.location.upstream
-            and nl.name[:-1] not in exact and nl.name[:-1] not in prefix
-        )  # fmt: skip
+        for name, hit in [*exact.items(), *prefix.items()]:
+            bare = name[:-1]
+            if name.endswith("/") and hit.nl.location.upstream and bare not in exact and bare not in prefix:
+                index.setdefault(sys.intern(bare), replace(hit, exact=True, fast=False, twin=None, moved=True))
         lengths = tuple(sorted({len(p) for p in prefix}, reverse=True))
-        return cls(server, sys.intern(server.host), server.app_root, exact, prefix, lengths, regexes, redirects)
+        index.lengths = lengths if shared is None else shared.setdefault(lengths, lengths)
+        index.name, index.app_root, index.regexes = sys.intern(server.host), server.app_root, regexes
+        return index
 
-    def find(self, uri: str) -> tuple[_Plan | None, bool]:
-        """(location, auto-redirect 301?) as ngx_http_core_find_location."""
-        hit = self.exact.get(uri)
-        if hit is not None:
-            return hit, False
-        if self.redirects and uri in self.redirects:
-            return None, True
-        best = None
-        n = len(uri)
-        for length in self.lengths:
-            if length <= n:
-                best = self.prefix.get(uri[:length])
-                if best is not None:
-                    break
-        for rx, plan in self.regexes:
-            if rx.match(uri):
-                return plan, False
-        return best, False
+    def regex(self, uri: str) -> _Plan | None:
+        """On a server of regex locations: the first that matches."""
+        return next((plan for rx, plan in self.regexes if rx.match(uri)), None)
 
 
 _LABEL = re.compile(r"[\w-]+\Z", re.ASCII)  # buildServerName: ~^(?<subdomain>[\w-]+)\.example\.com$
+_new = tuple.__new__  # a Decision without the NamedTuple's Python-level __new__ (a large share of the fast path)
 
 
 class Router:
@@ -255,16 +303,18 @@ class Router:
         self.model = model
         self.rng = rng
         self.upstreams: dict[str, Upstream] = dict(model.upstreams)
-        self.exact: dict[str, _ServerIndex] = {}
-        self.wildcard: dict[str, _ServerIndex] = {}
+        self.exact: dict[str, _Locations] = {}
+        self.wildcard: dict[str, _Locations] = {}
         keep = model.config.keep_spec
         self._limit = size_bytes(model.config.default_body_size)
-        self._counters: dict[str, list[int]] = {name: [0] for name in self.upstreams}
-        self.default = _ServerIndex.build(model.servers[DEFAULT_SERVER], self._plan, keep)
+        self._balancers = {name: _Balancer.of(up) for name, up in self.upstreams.items()}
+        self._ingresses: dict[str, str] = {}  # each Ingress's name, copied as _Balancer's values are
+        shared: dict[tuple[int, ...], tuple[int, ...]] = {}
+        self.default = _Locations.build(model.servers[DEFAULT_SERVER], self._plan, keep, shared)
         for host, server in model.servers.items():
             if host == DEFAULT_SERVER:
                 continue
-            index = _ServerIndex.build(server, self._plan, keep)
+            index = _Locations.build(server, self._plan, keep, shared)
             if host.startswith("*."):
                 self.wildcard[host[2:]] = index
             else:
@@ -276,65 +326,96 @@ class Router:
         s = loc.settings
         up = self.upstreams.get(loc.upstream) if loc.upstream else None
         service, port = (loc.service, loc.port) if loc.service else ((up.service, up.port) if up else (None, None))
+        redirect = s.force_ssl_redirect or (s.ssl_redirect and bool(server.cert))
+        rewrite, access = needs_rewrite(loc), bool(s.deny or s.allow)
         simple = up is not None and bool(up.endpoints) and not (up.canary or up.affinity_cookie or up.hash_by)
+        # the fast path reports the upstream's service and port (the same as the location's)
+        same = up is not None and (service, port) == (up.service, up.port)
         return _Plan(
+            nl.modifier == "=",
+            simple and same and not (redirect or rewrite or access),
+            self._balancers[up.name] if up is not None else None,
             nl,
-            loc.ingress,
-            size_bytes(s.body_size) if s.body_size else self._limit,
-            s.force_ssl_redirect or (s.ssl_redirect and bool(server.cert)),
-            needs_rewrite(loc),
-            bool(s.deny or s.allow),
-            up,
+            self._ingresses.setdefault(loc.ingress, _copy(loc.ingress)) if loc.ingress else None,
+            None,
+            False,
             service,
             port,
-            self._counters[up.name] if up is not None else [0],
-            simple,
-            up.endpoints if up is not None else (),
-            up.name if up is not None else None,
+            size_bytes(s.body_size) if s.body_size else self._limit,
+            redirect,
+            rewrite,
+            access,
+            up,
         )
 
     # -- the decision ----------------------------------------------------------
 
     def route(self, req: Request) -> Decision:
-        host = req.host
+        """The whole decision for one request (the phases of the module
+        docstring). The common request (a plain path, a location that only
+        balances round robin) is decided here without further calls."""
+        scheme, host, target, _, _, _, content_length = req
         index = self.exact.get(host)
         if index is None:
-            if ":" in host:
-                host = host.split(":", 1)[0]
-            host = host.lower()
-            if host.endswith("."):
-                host = host[:-1]
-            index = self.exact.get(host) or self._wildcard(host)
-        name = index.name
-        path, _, args = req.target.partition("?")
-        if "%" in path or "//" in path or "/." in path:
+            index, host = self._server(host)
+            name = index.name
+        else:
+            name = host  # the server's name, interned: it was found under it
+        uri, args = target, ""
+        if "?" in target or "%" in target or "//" in target or "/." in target:
+            path, _, args = target.partition("?")
             try:
-                uri = normalize_uri(path)
+                uri = path if _simple(path) else normalize_uri(path)
             except BadRequest:
                 return Decision(400, name)
-        else:
-            uri = path
-        https = req.scheme == "https"
-        if index.app_root and uri == "/":
+        https = scheme == "https"
+        if uri == "/" and index.app_root:
             # a server-level `return`: no location, so no location's add_header (HSTS)
-            return Decision(302, name, redirect=f"{req.scheme}://{req.host or host}{index.app_root}")
-        plan, moved = index.find(uri)
-        if moved:
-            return Decision(301, name, redirect=self._moved(req, host, uri, args), hsts=https)
+            return Decision(302, name, redirect=f"{scheme}://{req.host or host}{index.app_root}")
+        plan = index.get(uri)  # the `=` location (or 301) named so, else the prefix location named so: the longest
+        if plan is None and index:
+            # the longest prefix location shorter than the URI: its name is
+            # the URI's leading part of one of the lengths (loop inline: hot)
+            n = len(uri)
+            for length in index.lengths:
+                if length < n:
+                    plan = index.get(uri[:length])
+                    if plan is not None:
+                        plan = plan.twin if plan.exact else plan  # `= /a/` is no prefix; `/a/` may share its name
+                        if plan is not None:
+                            break
+        elif plan is None:  # locations.py makes a server's locations all regexes or none
+            plan = index.regex(uri)
         if plan is None:
             return Decision(404, name)
-        if plan.simple and not plan.redirect and not plan.rewrite and not plan.access and not req.content_length:
-            counter = plan.counter
-            i = counter[0]
-            counter[0] = i + 1
-            endpoints = plan.endpoints
-            return Decision(
-                200, name, plan.nl, plan.ingress, plan.service, plan.port, endpoints[i % len(endpoints)], None,
-                plan.upstream_name, req.target, None, False, https,
-            )  # fmt: skip
+        if plan.fast and not content_length:
+            up = plan.balancer
+            assert up is not None  # a fast plan has an upstream
+            i = up.next  # up.choose(), inline
+            up.next = i + 1
+            endpoints = up.endpoints
+            return _new(Decision, (
+                200, name, plan.nl, plan.ingress, up.service, up.port, endpoints[i % len(endpoints)], None, up.name,
+                target, None, False, https,
+            ))  # fmt: skip
+        if plan.moved:
+            return Decision(301, name, redirect=self._moved(req, host, uri, args), hsts=https)
         return self._location(req, name, plan, uri, args, https)
 
-    def _wildcard(self, host: str) -> _ServerIndex:
+    def _server(self, host: str) -> tuple[_Locations, str]:
+        """The server for a Host that is not a server name as sent: nginx
+        drops the port and a trailing dot and lower-cases it
+        (ngx_http_validate_host), then tries exact names, the wildcard, and
+        falls back to the default server."""
+        if ":" in host:
+            host = host.split(":", 1)[0]
+        host = host.lower()
+        if host.endswith("."):
+            host = host[:-1]
+        index = self.exact.get(host)  # not `or`: a server with only regex locations is an empty dict
+        return (self._wildcard(host) if index is None else index), host
+
+    def _wildcard(self, host: str) -> _Locations:
         dot = host.find(".")
         if dot > 0 and self.wildcard:
             index = self.wildcard.get(host[dot + 1 :])
@@ -470,10 +551,7 @@ class Router:
         if key:
             endpoint = self._chash(up, key)
         else:  # no hash, or an empty key: round robin (ngx_http_upstream_get_chash_peer)
-            counter = self._counters[up.name]
-            i = counter[0]
-            counter[0] = i + 1
-            endpoint = up.endpoints[i % len(up.endpoints)]
+            endpoint = self._balancers[up.name].choose()
         if up.affinity_cookie:
             cookie_out = f"{up.affinity_cookie}={endpoint.cookie}; Path={up.cookie_path}; HttpOnly"
         return endpoint, cookie_out
@@ -488,8 +566,8 @@ class Router:
 
     def reset(self) -> None:
         """What a reload does to nginx's balancer state."""
-        for counter in self._counters.values():
-            counter[0] = 0
+        for balancer in self._balancers.values():
+            balancer.next = 0
 
 
 def chash_ring(endpoints: tuple[Endpoint, ...]) -> tuple[list[int], list[Endpoint]]:

@@ -240,6 +240,9 @@ class ControlPlane:
 
     def router_for(self, node: str) -> ModeRouter:
         mode = registry.create(self.config.mode, random.Random(f"{self.config.seed}/{node}"))
+        share = getattr(mode, "share_with", None)
+        if share is not None and self.routers:
+            share(next(iter(self.routers.values())).mode)  # nodes program mostly the same rules (proxy_modes/base.py)
         view = node_view(self.cluster, self.synced, node)
         self.views[node] = view
         mode.sync(view)

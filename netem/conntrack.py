@@ -163,20 +163,6 @@ SRC_NAT = 0x10
 DST_NAT = 0x20
 
 
-class FlowCache:
-    """What a mode may keep in an entry's `data` for the connection's later
-    packets: the service it was routed to, and per direction the last
-    decision with what it depended on (the mode decides what that is, e.g.
-    rules generation, ct state, NAT/reply status, interface, locality)."""
-
-    __slots__ = ("orig", "reply", "service")
-
-    def __init__(self, service: object) -> None:
-        self.service = service
-        self.orig: tuple[Any, ...] | None = None
-        self.reply: tuple[Any, ...] | None = None
-
-
 @dataclass(slots=True, eq=False)
 class CtEntry:
     orig: Flow
@@ -197,7 +183,7 @@ class CtEntry:
     # A mode's memo of its last decision for a later packet, per direction
     # (what it depended on and the decision; the mode decides what that is).
     # Kept on the entry itself so a packet of a known connection touches one
-    # object besides the table (see FlowCache for modes that keep more).
+    # object besides the table.
     memo_orig: tuple[Any, ...] | None = None
     memo_reply: tuple[Any, ...] | None = None
 

@@ -21,8 +21,10 @@ with a ruleset captured on a real node (`kubenetem trace --iptables-save`
 etc.), `dump_with(show=, fmt=, stats=, rate=)` renders other views of the
 state (`kubenetem rules --show ipsets`), `modeled_latency_us(decision)` turns a
 decision's reported cost into the kernel's time through the mode's calibrated
-cost model, and `prepare(packet, now)` builds ahead whatever the mode would
-build lazily for that destination (the benchmarks' warm-up).
+cost model, `prepare(packet, now)` builds ahead whatever the mode would
+build lazily for that destination (the benchmarks' warm-up), and
+`share_with(peer)` lets a mode reuse what a mode of another node of the same
+cluster already parsed or compiled (nodes program mostly the same rules).
 
 Modes never import each other; what they share lives here and in `view`.
 """

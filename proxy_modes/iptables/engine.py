@@ -144,6 +144,15 @@ class IptablesMode:
         for chain, rule_list in parsed[0].items():
             self._filter.setdefault(chain, {})[pos] = rule_list
 
+    def share_with(self, peer: object) -> None:
+        """Parse rules into `peer`'s cache (another node's iptables mode of
+        the same cluster, before the first sync): the nodes render mostly
+        the same rule texts, so they then hold the same rule objects, and
+        each service's compiled functions are written once and only bound
+        per node (compile._source_for)."""
+        if isinstance(peer, IptablesMode):
+            self.cache = peer.cache
+
     def _localhost(self) -> bool:
         settings = self.renderer.settings
         return settings is not None and settings.localhost_nodeports

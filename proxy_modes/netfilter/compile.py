@@ -31,7 +31,7 @@ a local).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from netem.addr import MAX
 
@@ -54,6 +54,7 @@ class Registry(dict[str, ChainFn]):
         self.nf = nf
         self.table = table
         self.dependents: dict[str, set[str]] = {}  # chain -> compiled chains that relied on it
+        self.shapes: dict[str, Callable[[xt.PacketState, tuple[Any, ...]], int]] = {}  # packed source -> function
 
     def __missing__(self, name: str) -> ChainFn:
         chains = self.table.chains
@@ -146,11 +147,15 @@ class _Gen:
         self.packed = packed
         self.consts: list[Any] = []
         self.deps: list[str] = []
+        # What the source was written from besides the rules themselves: the
+        # chains looked at (their rules, or None when missing) and the labels.
+        self.looked: dict[str, tuple[Rule, ...] | None] = {}
+        self.labelled: dict[str, object] = {}
 
     def k(self, value: Any) -> str:
         self.consts.append(_shared(value))
         i = len(self.consts) - 1
-        return f"K[{i}]" if self.packed else f"k{i}"
+        return f"K[{i + 1}]" if self.packed else f"k{i}"  # packed: K[0] is the function itself
 
     def body(
         self, chain: Chain, depth: int, indent: str, path: tuple[str, ...], above: tuple[str, ...] = ()
@@ -191,16 +196,22 @@ class _Gen:
         out += [f"{indent}{line}" for line in self.leave(self.k(total) if subset else str(total), depth, above)]
         return out
 
+    @staticmethod
+    def count(n: str, above: tuple[str, ...]) -> str:
+        """The statement that credits the rules evaluated when the function returns at rule `n`."""
+        return f"st.rules += {_sum(('r', *above, n))}"
+
     def leave(self, n: str, depth: int, above: tuple[str, ...]) -> list[str]:
         """Leave the chain (its end, or RETURN) after `n` of its rules: the
         function returns 0, or a copied-in chain adds its count and goes back
         to its caller's next rule."""
         if depth == 0:
-            return [f"st.rules += {_sum(('r', *above, n))}", "return 0"]
+            return [self.count(n, above), "return 0"]
         return [f"r += {n}", "break"] if n != "0" else ["break"]
 
     def inlinable(self, name: str, depth: int, path: tuple[str, ...]) -> Chain | None:
         callee = self.chains.get(name) if self.chains is not None else None
+        self.looked[name] = tuple(callee.rules) if callee is not None else None
         if callee is None or depth + 1 >= INLINE_DEPTH or name in path:
             return None
         if len(callee.rules) > INLINE_CALLEE_RULES or any(r.target.kind == xt.T_GOTO for r in callee.rules):
@@ -214,14 +225,13 @@ class _Gen:
         k = self.k
         target = rule.target
         kind = target.kind
-        count = f"st.rules += {_sum(('r', *above, n))}"  # before the function returns from here
         lines: list[str]
         if kind in (xt.T_NONE, xt.T_LOG):
             lines = ["pass"]
         elif kind == xt.T_MARK:
             lines = [f"st.mark = (st.mark & {k(~target.mask & MAX)}) ^ {k(target.value)}"]
         elif kind in (xt.T_JUMP, xt.T_GOTO):
-            service = self.labels.get(target.name)
+            service = self.labelled[target.name] = self.labels.get(target.name)
             label = [f"if st.service is None: st.service = {k(service)}"] if service is not None else []
             callee = self.inlinable(target.name, depth, path) if kind == xt.T_JUMP else None
             if callee is not None:
@@ -234,29 +244,29 @@ class _Gen:
                 return [f"{indent}{line}" for line in lines] + inner
             name = k(target.name)
             if kind == xt.T_GOTO:
-                lines = [count, *label, f"return FN[{name}](st)"]
+                lines = [self.count(n, above), *label, f"return FN[{name}](st)"]
             else:
-                lines = [*label, f"v = FN[{name}](st)", f"if v: {count}; return v"]
+                lines = [*label, f"v = FN[{name}](st)", f"if v: {self.count(n, above)}; return v"]
         elif kind == xt.T_RETURN:
             lines = self.leave(n, depth, above)
         elif kind == xt.T_ACCEPT:
-            lines = [count, "return 1"]
+            lines = [self.count(n, above), "return 1"]
         elif kind == xt.T_DROP:
-            lines = [count, "return 2"]
+            lines = [self.count(n, above), "return 2"]
         elif kind == xt.T_REJECT:
-            lines = [count, "return 3"]
+            lines = [self.count(n, above), "return 3"]
         elif kind == xt.T_DNAT:
             # Netfilter._nat for DNAT, inlined (no trace here: tracing walks with the interpreter).
             ip, port = k(target.ip), (k(target.port) if target.port is not None else "st.dport")
             lines = [
-                count,
+                self.count(n, above),
                 f"st.dnat = ({ip}, {port})",
                 f"st.dst, st.dport = {ip}, {port}",
                 "st.ctstate |= 64",
                 "return 1",
             ]
         else:
-            lines = [count, f"NAT({k(target)}, st, '')", "return 1"]
+            lines = [self.count(n, above), f"NAT({k(target)}, st, '')", "return 1"]
         return [f"{indent}{line}" for line in lines]
 
 
@@ -319,7 +329,7 @@ def _match_expr(match: xt.Match, k: Callable[[Any], str]) -> str:
     return f"{k(match.test)}(st)"
 
 
-_KEYED: dict[tuple[Any, ...], tuple[ChainFn, tuple[Any, ...]]] = {}
+_KEYED: dict[tuple[Any, ...], tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
 _KEYED_MAX = 1_000_000
 
 
@@ -337,34 +347,91 @@ def _indexed(
     total = len(rules)
     labels = nf.labels
     by_key = index.by_key
-    keyed: dict[Any, ChainFn] = {}
+    keyed: dict[Any, Packed] = {}
     name = chain.name
-    generic_fn = _subset_fn(nf, registry, name, [(p, rules[p]) for p in index.generic], total, labels, rand)
+    generic = _packed(nf, registry, name, [(p, rules[p]) for p in index.generic], total, labels, rand)
     dst_keyed = index.kind == "dst"
 
     def run(st: xt.PacketState) -> int:
         key = st.dst if dst_keyed else (st.proto, st.dport)
-        fn = keyed.get(key)
-        if fn is None:
+        packed = keyed.get(key)
+        if packed is None:
             if key not in by_key:
-                return generic_fn(st)
+                return generic[0](st, generic)
             positions = index.candidates(st)
-            fn = keyed[key] = _subset_fn(nf, registry, name, [(p, rules[p]) for p in positions], total, labels, rand)
-        return fn(st)
+            packed = keyed[key] = _packed(nf, registry, name, [(p, rules[p]) for p in positions], total, labels, rand)
+        return packed[0](st, packed)
 
     def prepare() -> int:
         """Make every destination's function now (Netfilter.compile_all)."""
         for key in by_key:
             if key not in keyed:
                 positions = index.merged_for(key)
-                keyed[key] = _subset_fn(nf, registry, name, [(p, rules[p]) for p in positions], total, labels, rand)
+                keyed[key] = _packed(nf, registry, name, [(p, rules[p]) for p in positions], total, labels, rand)
         return len(keyed)
 
     run.prepare = prepare  # type: ignore[attr-defined]
     return run
 
 
-def _subset_fn(
+class _Source(NamedTuple):
+    """A per-destination function's source and values, and what they were
+    written from (kept alive with them, so the ids in the keys stay theirs)."""
+
+    source: str
+    consts: tuple[Any, ...]
+    deps: tuple[str, ...]
+    looked: tuple[tuple[str, tuple[Rule, ...] | None], ...]
+    labelled: tuple[tuple[str, object], ...]
+    rules: tuple[Rule, ...]
+
+
+# Sources by the rules (identity) and positions they were written for. The
+# nodes of one cluster share parsed rules (syntax.RuleCache), so a service's
+# function is written once and only bound per node; a hit is used only if
+# the chains it copied in and the labels it named are still the same.
+_SOURCES: dict[tuple[Any, ...], list[_Source]] = {}
+_SOURCES_MAX = 200_000
+
+
+def _source_for(
+    subset: list[tuple[int, Rule]], total: int, chains: Mapping[str, Chain], labels: Mapping[str, object]
+) -> _Source:
+    key = (tuple(map(id, (r for _, r in subset))), tuple(p for p, _ in subset), total)
+    known = _SOURCES.get(key)
+    for made in known or ():
+        if all(_same_rules(chains.get(name), rules) for name, rules in made.looked) and all(
+            labels.get(name) == label for name, label in made.labelled
+        ):
+            return made
+    gen = _Gen(labels, chains, packed=True)
+    body = gen.some(subset, total, 0, "        ", ())
+    source = "\n".join(["def factory(FN, NAT, RAND):", "    def chain(st, K):", *body, "    return chain", ""])
+    made = _Source(
+        source,
+        tuple(gen.consts),
+        tuple(gen.deps),
+        tuple(gen.looked.items()),
+        tuple(gen.labelled.items()),
+        tuple(r for _, r in subset),
+    )
+    if len(_SOURCES) >= _SOURCES_MAX:
+        _SOURCES.clear()
+    _SOURCES.setdefault(key, []).append(made)
+    return made
+
+
+def _same_rules(chain: Chain | None, rules: tuple[Rule, ...] | None) -> bool:
+    """The chain holds these very rule objects (or is missing, as it was)."""
+    if chain is None or rules is None:
+        return chain is None and rules is None
+    return len(chain.rules) == len(rules) and all(a is b for a, b in zip(chain.rules, rules, strict=True))
+
+
+Packed = tuple[Any, ...]  # (function, value 1, value 2, ...): called as K[0](st, K)
+
+
+def _packed(
     nf: Netfilter,
     registry: Registry,
     owner: str,
@@ -372,28 +439,33 @@ def _subset_fn(
     total: int,
     labels: Mapping[str, object],
     rand: Callable[[int], int],
-) -> ChainFn:
-    """A function for some rules of chain `owner` (by position), made once
-    per distinct set of rules and copied-in chains."""
+) -> Packed:
+    """Some rules of chain `owner` (by position) as one tuple: the function
+    of their shape (bound once per engine) and then its values. A
+    destination costs one object; made once per engine and distinct set of
+    rules and copied-in chains."""
     chains = registry.table.chains
-    gen = _Gen(labels, chains, packed=True)
-    body = gen.some(subset, total, 0, "        ", ())
-    deps = tuple(chains[name] for name in gen.deps)
-    key = (nf, tuple(map(id, (r for _, r in subset))), tuple(p for p, _ in subset), total, tuple(map(id, deps)))
+    made = _source_for(subset, total, chains, labels)
+    deps = tuple(chains[name] for name in made.deps)
+    key = (nf, tuple(map(id, made.rules)), tuple(p for p, _ in subset), total, tuple(map(id, deps)))
     hit = _KEYED.get(key)
     if hit is not None:
         return hit[0]
-    source = "\n".join(["def factory(FN, NAT, RAND, K):", "    def chain(st):", *body, "    return chain", ""])
-    fn: ChainFn = _factory(source)(registry, nf._nat, rand, tuple(gen.consts))
+    fn = registry.shapes.get(made.source)
+    if fn is None:
+        fn = registry.shapes[made.source] = _factory(made.source)(registry, nf._nat, rand)
+    packed = (fn, *made.consts)
     if len(_KEYED) >= _KEYED_MAX:
         _KEYED.clear()
-    # The rules and chains are kept with the function: their ids stay theirs.
-    _KEYED[key] = (fn, (tuple(r for _, r in subset), deps))
-    for name in gen.deps:
+    # The rules and chains are kept with the values: their ids stay theirs.
+    _KEYED[key] = (packed, (made.rules, deps))
+    for name in made.deps:
         registry.dependents.setdefault(name, set()).add(owner)
-    return fn
+    return packed
 
 
 def _scan(nf: Netfilter, registry: Registry, chain: Chain, rand: Callable[[int], int]) -> ChainFn:
     """A long chain without a usable index: every rule, in order."""
-    return _subset_fn(nf, registry, chain.name, list(enumerate(chain.rules)), len(chain.rules), nf.labels, rand)
+    packed = _packed(nf, registry, chain.name, list(enumerate(chain.rules)), len(chain.rules), nf.labels, rand)
+    fn = packed[0]
+    return lambda st: fn(st, packed)

@@ -314,6 +314,11 @@ class Netfilter:
             )
             for hook, names in HOOK_TABLES.items()
         }
+        # The same, flattened for _new_forwarded: (functions, hook, policy) in order.
+        plan = self._plan
+        self._prerouting = None if any(t == "raw" for t, _, _ in plan["PREROUTING"]) else _steps(plan, "PREROUTING")
+        self._input = _steps(plan, "INPUT")
+        self._forward = _steps(plan, "FORWARD", "POSTROUTING")
         self._track_recent(tables, touched)
 
     def _track_recent(self, tables: Tables, touched: Mapping[str, set[str]] | None) -> None:
@@ -379,7 +384,9 @@ class Netfilter:
         flow = packet[:5]
         entry = self._ct_get(flow)
         if entry is None:
-            return self._first(packet, now, flow)
+            if packet.local or self.literal or (packet.proto == TCP and _OPENS[packet.flags & 0xFF] is False):
+                return self._first(packet, now, flow)
+            return self._new_forwarded(packet, now, flow)
         if entry.expires <= now:
             tracked = self.conntrack.track(flow, packet.flags, now)
             if tracked is not None:  # (expired: lookup removed it)
@@ -428,38 +435,32 @@ class Netfilter:
         """`_first_packet` + `_decide` for the commonest case, inlined: a
         packet from outside the node that can open a connection, walked by
         the compiled chains (PREROUTING, then INPUT or FORWARD + POSTROUTING)."""
-        dst = packet.dst
-        st = PacketState(
-            self, packet.proto, packet.src, packet.sport, dst, packet.dport, now, False, packet.iif, packet.flags
-        )
-        plan = self._plan
-        for name, registry, policy in plan["PREROUTING"]:
-            if name == "raw":
-                st.ctstate = CT_INVALID  # raw runs before conntrack: no entry yet
-                verdict = registry["PREROUTING"](st) or policy
-                st.ctstate = CT_NEW
-            else:
-                verdict = registry["PREROUTING"](st) or policy
+        proto, src, sport, dst, dport, _, iif, flags, _ = packet
+        st = PacketState(self, proto, src, sport, dst, dport, now, False, iif, flags)
+        pre = self._prerouting
+        if pre is None:  # a raw table: PREROUTING as _first_packet walks it
+            return self._decide(st, self._first_packet(st), packet)
+        for registry, hook, policy in pre:
+            verdict = registry[hook](st) or policy
             if verdict != V_ACCEPT:
                 return Decision(_VERDICTS[verdict], None, False, st.rules, st.lookups + 1, st.service)  # type: ignore[arg-type]
         dst = st.dst
         if dst in self._local or dst >> 24 == LOOPBACK:
-            hooks: tuple[str, ...] = ("INPUT",)
+            after = self._input
         else:
-            hooks = ("FORWARD", "POSTROUTING")
+            after = self._forward
             if self.oif is not None:
                 st.oif = self.oif(dst)
-        for hook in hooks:
-            for _, registry, policy in plan[hook]:
-                verdict = registry[hook](st) or policy
-                if verdict != V_ACCEPT:
-                    return Decision(_VERDICTS[verdict], None, False, st.rules, st.lookups + 1, st.service)  # type: ignore[arg-type]
-        dnat = st.dnat
-        self.conntrack.create(flow, now, dnat, st.snat, packet.flags, 0, st.service)  # type: ignore[arg-type]
+        for registry, hook, policy in after:
+            verdict = registry[hook](st) or policy
+            if verdict != V_ACCEPT:
+                return Decision(_VERDICTS[verdict], None, False, st.rules, st.lookups + 1, st.service)  # type: ignore[arg-type]
+        dnat, snat = st.dnat, st.snat
+        self.conntrack.create(flow, now, dnat, snat, flags, 0, st.service)  # type: ignore[arg-type]
         return Decision(
             Verdict.DNAT if dnat is not None else Verdict.ACCEPT,
             dnat,
-            st.snat is not None,
+            snat is not None,
             st.rules,
             st.lookups + 1,
             st.service,  # type: ignore[arg-type]
@@ -899,6 +900,12 @@ _NAT_AND_REPLY = SEEN_REPLY | 0x10 | 0x20  # the status bits a later packet's fi
 
 def chain_policy(verdict: int) -> str:
     return "DROP" if verdict == V_DROP else "ACCEPT"
+
+
+def _steps(
+    plan: Mapping[str, tuple[tuple[str, Registry, int], ...]], *hooks: str
+) -> tuple[tuple[Registry, str, int], ...]:
+    return tuple((registry, hook, policy) for hook in hooks for _, registry, policy in plan[hook])
 
 
 def _entry_text(entry: CtEntry, direction: int) -> str:

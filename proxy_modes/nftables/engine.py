@@ -31,30 +31,37 @@ and later ones a dict lookup and two or three comparisons. The verdict, the
 endpoint, the random draws and the reported cost are the literal walk's by
 construction (a differential test holds them together, packet by packet);
 what the compiler cannot reason about is finished and then walked literally.
-Packets of established connections share one plan per service address and
-binding shape, the addresses the binding rewrites left unknown to it.
+The rest of a plan's walk from a hook boundary is remembered with the facts it
+read about the destination, and replayed for destinations of which they hold
+(`Walk.at_boundary`): every endpoint of every service passes the same forward
+and postrouting checks. Packets of tracked connections share one plan per
+binding shape, the addresses the binding rewrites (and, unless the walk reads
+it, the destination) left unknown to it (`Engine.tracked_plan`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from netem.addr import int_to_ip
 from netem.conntrack import (
+    ASSURED,
     INVALID,
     NONE,
     ORIGINAL,
+    REPLY,
     SEEN_REPLY,
     Conntrack,
     CtEntry,
-    FlowCache,
     kube_proxy_timeouts,
     tcp_next_state,
 )
+from netem.conntrack import ESTABLISHED as TCP_ESTABLISHED
 from netem.errors import RulesetError, UsageError, Where
-from netem.packet import TCP, UDP, Packet, proto_name
+from netem.packet import ACK, TCP, UDP, Packet, proto_name
 
 from ..base import Decision, Reach, Ruleset, Step, Trace, Verdict
 from ..view import NodeView, ServicePortName
@@ -99,6 +106,8 @@ from .syntax import (
 if TYPE_CHECKING:
     import random
 
+_REPLIED_ASSURED = SEEN_REPLY | ASSURED
+_ACK_CLASS = 0x17  # SYN | FIN | RST | ACK: a segment is of the ACK class when only ACK of these is set
 CT_NEW, CT_ESTABLISHED, CT_INVALID = CT_STATES["new"], CT_STATES["established"], CT_STATES["invalid"]
 FIB_UNICAST, FIB_LOCAL = 1, 2
 _MISSING = object()
@@ -172,6 +181,13 @@ class Outcome:
 #   [NUMGEN, modulus, child_0, ... child_N-1]  child[reciprocal_scale(u32, modulus)]
 # leaves are Outcome objects, and a branch nobody has taken yet is a Pending.
 RANGE, VALUE, MEMBER, NUMGEN = 1, 2, 3, 4
+# A fact a walk read about the destination: (kind, expression, answer).
+CMP, LOOKUP, VMAP, LOCAL = "cmp", "lookup", "vmap", "local"
+Fact = tuple[str, Any, Any]
+REST_VARIANTS = 8  # remembered rests per boundary state (one per distinct set of facts)
+_NO_NAMES: frozenset[str] = frozenset()
+_NO_FACTS: list[Fact] = []  # never appended to: Walk.facts until a recording opens
+HOOKS = frozenset(("prerouting", "input", "forward", "output", "postrouting"))  # the walk's phases that are hooks
 Plan = Any
 PLAN_CACHE_MAX = 200_000
 
@@ -233,11 +249,13 @@ class Walk:
         # Symbolic: answers come from the oracle and nothing is changed. A
         # concrete walk may still hold answers (a branch finished concretely).
         self.symbolic = oracle is not None
-        self.oracle: list[Any] = [] if oracle is None else oracle
+        self.oracle: Sequence[Any] = () if oracle is None else oracle
         self.pos = 0
         self.asked: dict[tuple[Any, ...], Any] = {}
-        self.actions: list[tuple[NftSet, float, str]] = []
-        self.updated: set[str] = set()
+        # Immutable (replaced, never changed in place), so that a fork shares them:
+        # the walks that wait in a plan's unexplored branches are many.
+        self.actions: tuple[tuple[NftSet, float, str], ...] = ()
+        self.updated: frozenset[str] = _NO_NAMES
         self.steps = steps
         self.service: ServicePortName | None = None
         self.affinity: str | None = None
@@ -247,23 +265,32 @@ class Walk:
         tracked = entry is not None or ctstate != CT_NEW
         self.nat_done = {"dst": tracked, "src": tracked}
         self.abstract = False  # an established connection's binding left unknown (see apply_binding)
-        self.dst_local = False  # ... and whether its translated destination is this host
+        self.dst_local = False  # whether the destination is this host, while `dst` is unknown
+        self.to_local = False  # ... and whether the binding's translated destination is this host
         self.src_gone = False  # the source was rewritten to an address the plan does not know
         # control: the hooks still to run, the base chains left in this one,
-        # and where in which chain the walk is (nft_do_chain's jump stack).
-        self.todo: list[str] = ["output", "postrouting", "loopback"] if self.local else ["prerouting", "route"]
+        # and where in which chain the walk is (nft_do_chain's jump stack). Tuples
+        # and a dict replaced on change, never changed in place, as above.
+        self.todo: tuple[str, ...] = ("output", "postrouting", "loopback") if self.local else ("prerouting", "route")
         self.hook_name = ""
         self.manip = "dst"
-        self.base_left: list[Chain] = []
+        self.base_left: tuple[Chain, ...] = ()
         self.nat_ran = False
         self.stopped = False
         self.cur: Chain | None = None
         self.i = 0
-        self.stack: list[tuple[Chain, int]] = []
+        self.stack: tuple[tuple[Chain, int], ...] = ()
+        # The rest of a symbolic new connection's walk, from a hook boundary,
+        # can be replayed from Engine.rests (see at_boundary): open recordings,
+        # and the facts about the destination read since they opened.
+        self.memo = self.symbolic and self.src is None and entry is None and steps is None
+        self.recs: list[tuple[tuple[Any, ...], int, int, int]] | None = None
+        self.facts: list[Fact] = _NO_FACTS  # a list of its own once a recording opens
 
     # -- the oracle ---------------------------------------------------------
 
     def ask(self, question: tuple[Any, ...]) -> Any:
+        self.recs = None  # the rest of the walk depends on the source
         if question in self.asked:
             return self.asked[question]
         if self.pos >= len(self.oracle):
@@ -275,6 +302,7 @@ class Walk:
 
     def numgen(self, mod: int) -> int:
         # Never memoised: every evaluation is a fresh draw.
+        self.recs = None
         if self.pos < len(self.oracle):
             answer: int = self.oracle[self.pos]
             self.pos += 1
@@ -308,6 +336,7 @@ class Walk:
         if self.src_gone:
             raise Unsupported("the source after an established connection's NAT")
         if nset.name in self.updated:
+            self.recs = None
             return True  # this very walk put the source there
         if self.src is not None:
             return member(nset, self.src, self.now)
@@ -333,7 +362,7 @@ class Walk:
                 if not self.stack:
                     self.end_base_chain(None)
                     continue
-                back, self.i = self.stack.pop()
+                (back, self.i), self.stack = self.stack[-1], self.stack[:-1]
                 if self.steps is not None:
                     self.steps.append(Step("return", f"end of {cur.name}: back to {back.name}"))
                 self.cur = back
@@ -357,7 +386,7 @@ class Walk:
             kind = verdict[0]
             if kind in ("jump", "goto"):
                 if kind == "jump":
-                    self.stack.append((cur, self.i))
+                    self.stack += ((cur, self.i),)
                 self.cur, self.i = self.chain(verdict[1]), 0
                 if "/" in verdict[1]:
                     self.note_service(verdict[1])
@@ -365,7 +394,7 @@ class Walk:
                 if not self.stack:
                     self.end_base_chain(None)
                     continue
-                back, self.i = self.stack.pop()
+                (back, self.i), self.stack = self.stack[-1], self.stack[:-1]
                 if self.steps is not None:
                     self.steps.append(Step("return", f"return from {cur.name} to {back.name}"))
                 self.cur = back
@@ -377,9 +406,10 @@ class Walk:
         done; False when the walk is over."""
         while True:
             if self.stopped:
+                self.close_recordings()
                 return False
             if self.base_left:
-                chain = self.base_left.pop(0)
+                chain, self.base_left = self.base_left[0], self.base_left[1:]
                 assert chain.base is not None
                 if chain.base.type == "nat":
                     if self.nat_done[self.manip]:
@@ -392,35 +422,112 @@ class Walk:
                             "chain", f"{self.hook_name} hook: chain {chain.name} (type {b.type}, priority {b.priority})"
                         )
                     )
-                self.cur, self.i, self.stack = chain, 0, []
+                self.cur, self.i, self.stack = chain, 0, ()
                 if "/" in chain.name:
                     self.note_service(chain.name)
                 return True
             if self.hook_name:
                 if self.nat_ran:
-                    self.nat_done[self.manip] = True
+                    self.nat_done = {**self.nat_done, self.manip: True}
                 self.apply_binding(self.manip)
                 self.hook_name = ""
-            if not self.todo:
+            if self.memo and self.todo and self.todo[0] in HOOKS and self.at_boundary():
                 return False
-            phase = self.todo.pop(0)
+            if not self.todo:
+                self.close_recordings()
+                return False
+            phase, self.todo = self.todo[0], self.todo[1:]
             if phase == "route":  # after prerouting: to this host, or through it
-                self.todo[:0] = ["input"] if self.dst_is_local() else ["forward", "postrouting"]
+                self.todo = (("input",) if self.dst_is_local() else ("forward", "postrouting")) + self.todo
             elif phase == "loopback":  # sent by the host to itself: back in through lo
                 if self.dst_is_local():
-                    self.todo[:0] = ["prerouting", "input"]
+                    self.todo = ("prerouting", "input", *self.todo)
             else:
                 self.hook_name = phase
                 self.manip = "dst" if phase in ("prerouting", "output") else "src"
-                self.base_left = list(self.eng.hooks[phase])
+                self.base_left = self.eng.hooks[phase]
                 self.nat_ran = False
 
     def dst_is_local(self) -> bool:
-        return self.dst_local if self.dst is None else self.eng.local.test(self.dst)
+        if self.dst is None:
+            return self.dst_local
+        found = self.eng.local.test(self.dst)
+        if self.recs:
+            self.facts.append((LOCAL, None, found))
+        return found
+
+    # -- the rest of a walk, remembered (see Engine.rests) ---------------------------
+
+    def rest_key(self) -> tuple[Any, ...]:
+        """Everything the rest of a walk from a hook boundary reads, but the
+        destination address and port (read through recorded facts) and the
+        source address and port (a walk that reads them is never remembered)."""
+        nat = self.nat_done
+        return (
+            *self.todo,
+            self.proto,
+            self.mark,
+            self.ctstate,
+            self.iif,
+            self.local,
+            nat["dst"],
+            nat["src"],
+            self.masquerade,
+            self.dnat is None,
+        )
+
+    def at_boundary(self) -> bool:
+        """Between two hooks of a symbolic new connection's walk. Should a walk
+        from the same state have read the same facts about the destination as
+        this one's would, it took the same path: its outcome is replayed here
+        and True returned. Otherwise a recording of this walk's rest opens."""
+        key = self.rest_key()
+        for facts, rest in self.eng.rests.get(key, ()):
+            if all(self.holds(fact) for fact in facts):
+                if self.recs:
+                    self.facts += facts  # an enclosing recording read them too
+                self.rules += rest[0]
+                self.lookups += rest[1]
+                self.mark, self.final, self.masquerade = rest[2:5]
+                self.nat_done = {"dst": rest[5], "src": rest[6]}
+                self.stopped, self.todo = True, ()  # the walk is over
+                self.close_recordings()
+                return True
+        if not self.recs:
+            self.recs, self.facts = [], []
+        self.recs.append((key, len(self.facts), self.rules, self.lookups))
+        return False
+
+    def close_recordings(self) -> None:
+        """The walk is over: every recording still open is a rest to remember."""
+        if not self.recs:
+            return
+        nat = self.nat_done
+        for key, start, rules, lookups in self.recs:
+            rest = (self.rules - rules, self.lookups - lookups, self.mark, self.final, self.masquerade)
+            known = self.eng.rests.setdefault(key, [])
+            if len(known) < REST_VARIANTS:
+                known.append((tuple(self.facts[start:]), (*rest, nat["dst"], nat["src"])))
+        self.recs = None
+
+    def holds(self, fact: Fact) -> bool:
+        """A recorded fact about the destination, true of this walk too."""
+        kind, e, answer = fact
+        if kind == LOCAL:
+            return self.eng.local.test(self.dst) == answer
+        lookups = self.lookups  # the replayed rest counts them
+        try:
+            if kind == CMP:
+                return self.cmp_answer(e) == answer
+            if kind == LOOKUP:
+                return self.lookup_answer(e) == answer
+            return self.vmap_answer(e)[1:] == answer
+        finally:
+            self.lookups = lookups
 
     def end_base_chain(self, verdict: str | None) -> None:
         chain = self.cur
-        self.cur, self.stack = None, []
+        self.cur, self.stack = None, ()
         if verdict is None and chain is not None and chain.base is not None and chain.base.policy == "drop":
             verdict = "drop"
         if verdict in ("drop", "reject"):
@@ -437,14 +544,9 @@ class Walk:
         """A copy of this (rewound) walk that will take `answer` to its pending question."""
         twin = object.__new__(Walk)
         twin.__dict__.update(self.__dict__)
-        twin.oracle, twin.pos = [answer], 0
+        twin.oracle, twin.pos = (answer,), 0
         twin.asked = dict(self.asked)
-        twin.stack = list(self.stack)
-        twin.todo = list(self.todo)
-        twin.base_left = list(self.base_left)
-        twin.actions = list(self.actions)
-        twin.updated = set(self.updated)
-        twin.nat_done = dict(self.nat_done)
+        twin.recs, twin.facts = None, _NO_FACTS
         return twin
 
     def apply_binding(self, manip: str) -> None:
@@ -458,6 +560,7 @@ class Walk:
         if self.abstract:
             if manip == "dst" and (entry.dnat if self.direction == ORIGINAL else entry.snat) is not None:
                 self.dst = self.dport = None  # type: ignore[assignment]
+                self.dst_local = self.to_local
             elif manip == "src" and (entry.snat if self.direction == ORIGINAL else entry.dnat) is not None:
                 self.src_gone = True
                 self.sport = None  # type: ignore[assignment]
@@ -482,6 +585,7 @@ class Walk:
         spn = parse_chain_service(chain)
         if spn is not None:
             self.service = spn
+            self.recs = None  # a remembered rest does not name services
 
     def eval_rule(self, chain: Chain, rule: Rule) -> VerdictT | None:
         """One rule: None when it did not match or matched without a verdict."""
@@ -544,6 +648,8 @@ class Walk:
             if self.proto not in (6, 17, 132):
                 return None
             port = self.dport if f == DPORT else self.sport
+            if f == SPORT:
+                self.recs = None
             if port is None:
                 raise Unsupported("a port after an established connection's NAT")
             return port
@@ -576,6 +682,14 @@ class Walk:
             self.lookups += 1
             kind = FIB_LOCAL if self.src_local() else FIB_UNICAST
             return value.test(kind) != e.negate
+        hit = self.cmp_answer(e)
+        if self.recs and sel.field in (DADDR, DPORT):
+            self.facts.append((CMP, e, hit))
+        return hit
+
+    def cmp_answer(self, e: Cmp) -> bool:
+        """`cmp` on a field other than the source address."""
+        sel, value = e.sel, e.value
         v = self.field(sel)
         if v is None:
             return False
@@ -611,29 +725,43 @@ class Walk:
                 left = "" if expires is None else f", expires in {expires - self.now:.0f}s"
                 self.affinity = f"hit: {int_to_ip(self.src)} is in @{nset.name}{left}"
             return found != e.negate
+        found = self.lookup_answer(e)
+        if self.recs and _reads_destination(e.sels):
+            self.facts.append((LOOKUP, e, found))
+        return found
+
+    def lookup_answer(self, e: Lookup) -> bool:
+        """A lookup keyed by anything but the source address alone."""
         key = self.key(e.sels)
-        found = key is not None and member(nset, key, self.now)
+        found = key is not None and member(self.named_set(e.set_name), key, self.now)
         return found != e.negate
 
     def vmap(self, e: VMap) -> VerdictT | None:
         self.lookups += 1
+        key, verdict, comment = self.vmap_answer(e)
+        if self.recs and _reads_destination(e.sels):
+            self.facts.append((VMAP, e, (verdict, comment)))
+        if self.steps is not None and e.map_name:
+            shown = "-" if key is None else format_key(tuple(s.field for s in e.sels), key)
+            got = "no element" if verdict is None else format_verdict(verdict)
+            self.steps.append(Step("lookup", f"{shown} in @{e.map_name}: {got}"))
+        if comment:
+            self.service = _spn_from_comment(comment, self.proto)
+            self.recs = None  # a remembered rest does not name services
+        return verdict
+
+    def vmap_answer(self, e: VMap) -> tuple[Any, VerdictT | None, str | None]:
+        """A verdict map's key for this packet, its verdict, and the comment of
+        the element that gave it (kube-proxy's no-endpoint elements name their service)."""
         key = self.key(e.sels)
         if e.map_name:
             nset = self.named_set(e.map_name)
             verdict = None if key is None else nset.verdicts.get(key)
-            if self.steps is not None:
-                shown = "-" if key is None else format_key(tuple(s.field for s in e.sels), key)
-                got = "no element" if verdict is None else format_verdict(verdict)
-                self.steps.append(Step("lookup", f"{shown} in @{e.map_name}: {got}"))
-            if verdict is not None:
-                comment = nset.comments.get(key)
-                if comment:
-                    self.service = _spn_from_comment(comment, self.proto)
-            return verdict
+            return key, verdict, None if verdict is None else nset.comments.get(key)
         for k, verdict in e.anon:
             if k == key:
-                return verdict
-        return None
+                return key, verdict, None
+        return key, None, None
 
     def eval_numgen(self, e: Numgen) -> VerdictT | None:
         self.lookups += 1
@@ -658,6 +786,7 @@ class Walk:
             self.mark = e.value
 
     def do_dnat(self, e: Dnat, rule: Rule) -> None:
+        self.recs = None  # a remembered rest keeps the destination as it found it
         port = self.dport if e.port is None else e.port
         self.dnat = (e.addr, port)
         self.dst, self.dport = e.addr, port
@@ -665,6 +794,7 @@ class Walk:
             self.steps.append(Step("nat", rule.text(), {"to": f"{int_to_ip(e.addr)}:{port}"}))
 
     def set_update(self, e: SetUpdate) -> None:
+        self.recs = None  # a remembered rest changes no set
         nset = self.named_set(e.set_name)
         timeout = e.timeout if e.timeout is not None else nset.timeout
         if len(e.sels) != 1 or e.sels[0].field != SADDR or timeout is None:
@@ -675,13 +805,13 @@ class Walk:
                 nset.members[key] = None if timeout is None else self.now + timeout
             return
         if self.symbolic:
-            self.actions.append((nset, timeout, e.op))
-            self.updated.add(nset.name)
+            self.actions += ((nset, timeout, e.op),)
+            self.updated |= {nset.name}
             return
         assert self.src is not None
         was = member(nset, self.src, self.now)
         apply_update(nset, self.src, self.now, timeout, e.op)
-        self.updated.add(nset.name)
+        self.updated |= {nset.name}
         if self.steps is not None and not was:
             self.affinity = f"new: {int_to_ip(self.src)} recorded in @{nset.name} for {timeout:.0f}s"
 
@@ -691,7 +821,7 @@ class Walk:
         final = self.final
         if established and self.entry is not None:
             decision = established_decision(final, self.rules, self.lookups + 1, self.entry, self.direction)
-            return Outcome(decision, None, False, tuple(self.actions), final, False)
+            return Outcome(decision, None, False, self.actions, final, False)
         stopped = final in ("drop", "reject")
         if final == "drop":
             verdict = Verdict.DROP
@@ -708,7 +838,7 @@ class Walk:
             self.service,
             False,
         )
-        return Outcome(decision, self.dnat, self.masquerade, tuple(self.actions), final, self.opens)
+        return Outcome(decision, self.dnat, self.masquerade, self.actions, final, self.opens)
 
 
 def tracked_ctstate(entry: CtEntry, direction: int, valid: bool) -> int:
@@ -754,10 +884,13 @@ def established_decision(final: str, rules: int, lookups: int, entry: CtEntry, d
     else:
         verdict = Verdict.ACCEPT
     stopped = final != "accept"
-    data = entry.data.service if isinstance(entry.data, FlowCache) else entry.data
-    service = data if isinstance(data, ServicePortName) else None
+    service = entry.data if isinstance(entry.data, ServicePortName) else None
     masquerade = not stopped and entry.snat is not None
     return Decision(verdict, None if stopped else dnat, masquerade, rules, lookups, service, True)
+
+
+def _reads_destination(sels: tuple[Selector, ...]) -> bool:
+    return any(sel.field in (DADDR, DPORT) for sel in sels)
 
 
 def member(nset: NftSet, key: Any, now: float) -> bool:
@@ -799,7 +932,11 @@ class Engine:
         self.conntrack = Conntrack()
         self.plans: dict[tuple[Any, ...], Plan] = {}
         self.fast: dict[tuple[int, int, int], Plan] = {}  # new, forwarded: (dst, dport, proto) -> plan
-        self.hooks: dict[str, list[Chain]] = {}
+        # tracked packets whose walk reads no destination: binding shape -> plan (see tracked_plan)
+        self.any_destination: dict[tuple[Any, ...], Plan] = {}
+        # rests of symbolic walks from a hook boundary: state -> [(facts, outcome)] (see Walk.at_boundary)
+        self.rests: dict[tuple[Any, ...], list[tuple[tuple[Fact, ...], tuple[Any, ...]]]] = {}
+        self.hooks: dict[str, tuple[Chain, ...]] = {}
         self.generation = 0  # bumped by every reset: a connection's remembered decision is for one table
         self.reset(table)
 
@@ -807,11 +944,15 @@ class Engine:
         """A new or changed table: plans forgotten, base chains re-read
         (a partial sync never touches them)."""
         if not same_base_chains or table is not self.table:
-            self.hooks = {h: table.base_chains(h) for h in ("prerouting", "input", "forward", "output", "postrouting")}
+            self.hooks = {
+                h: tuple(table.base_chains(h)) for h in ("prerouting", "input", "forward", "output", "postrouting")
+            }
         self.table = table
         self.generation += 1
         self.plans.clear()
         self.fast.clear()
+        self.any_destination.clear()
+        self.rests.clear()
 
     # -- literal -----------------------------------------------------------------
 
@@ -978,7 +1119,7 @@ class Engine:
             child = node[i] = self.expand(pending)
         except Unsupported:
             w = pending.walk.fork(pending.answer)
-            w.symbolic, w.src = False, packet[1]
+            w.symbolic, w.src, w.memo = False, packet[1], False
             w.run()
             raise FinishedLiterally(w.outcome(not w.opens)) from None
         return child
@@ -1055,7 +1196,35 @@ class Engine:
             self.fast[(key[1], key[3], key[2])] = False
 
     def route(self, packet: Packet, now: float) -> Decision:
-        tracked = self.conntrack.track(packet[:5], packet.flags, now)
+        flow = packet[:5]
+        conntrack = self.conntrack
+        entry = conntrack.by_tuple.get(flow)
+        if (
+            entry is not None
+            and packet[7] & _ACK_CLASS == ACK
+            and entry.expires > now
+            and entry.state == TCP_ESTABLISHED
+            and entry.status & _REPLIED_ASSURED == _REPLIED_ASSURED
+            and packet[0] == TCP
+        ):
+            # Conntrack.update for the commonest packet, inlined: a segment of
+            # the ACK class (no SYN, FIN or RST) keeps an established,
+            # answered, assured TCP connection as it is and refreshes its
+            # timer (tcp_conntracks[dir][TCP_ACK_SET][ESTABLISHED]); its ct
+            # state is established, and its decision usually remembered.
+            entry.expires = now + conntrack.timeouts.tcp[TCP_ESTABLISHED]
+            direction = ORIGINAL if entry.orig == flow else REPLY
+            seen = entry.memo_orig if direction == ORIGINAL else entry.memo_reply
+            if (
+                seen is not None
+                and seen[0] == self.generation
+                and seen[1] == CT_ESTABLISHED
+                and seen[2] == packet[6]
+                and seen[3] == packet[5]
+            ):
+                return seen[4]
+            return self.route_established(packet, (entry, direction, True), now)
+        tracked = conntrack.track(flow, packet.flags, now)
         if tracked is not None:
             return self.route_established(packet, tracked, now)
         out = self.decide(packet, now)
@@ -1074,38 +1243,16 @@ class Engine:
             # conntrack, so no NAT is done for it; `ct state invalid`.
             return self.walk(packet, now, CT_INVALID)[0].decision
         ctstate = tracked_ctstate(entry, direction, valid)
-        memo = entry.data
-        if memo.__class__ is FlowCache:
-            seen = memo.orig if direction == ORIGINAL else memo.reply
-            if (
-                seen is not None
-                and seen[0] == self.generation
-                and seen[1] == ctstate
-                and seen[2] == packet.iif
-                and seen[3] == packet.local
-            ):
-                return seen[4]
-        dnat, snat = entry.dnat, entry.snat
-        if direction == ORIGINAL:
-            to = dnat[0] if dnat is not None else packet.dst
-        else:
-            to = entry.orig[1] if snat is not None else packet.dst
-        key = (
-            ctstate,
-            direction,
-            packet.dst,
-            packet.proto,
-            packet.dport,
-            packet.local,
-            packet.iif,
-            dnat is not None,
-            snat is not None,
-            self.local.test(to),
-        )
-        plan = self.plans.get(key)
-        if plan is None:
-            plan = self.established_plan(packet, now, ctstate, entry, direction, key[-1])
-            self.remember(key, plan)
+        seen = entry.memo_orig if direction == ORIGINAL else entry.memo_reply
+        if (
+            seen is not None
+            and seen[0] == self.generation
+            and seen[1] == ctstate
+            and seen[2] == packet.iif
+            and seen[3] == packet.local
+        ):
+            return seen[4]
+        plan = self.tracked_plan(packet, now, ctstate, entry, direction)
         if plan is False:
             out, _ = self.walk(packet, now, ctstate, entry, direction)
             return out.decision
@@ -1116,22 +1263,64 @@ class Engine:
             # Every question in the plan is about the source address, fixed for
             # this direction of the connection: the same packet gets the same
             # decision until the table, its ct state or its interface change.
-            if memo.__class__ is not FlowCache:
-                memo = entry.data = FlowCache(memo)
             seen = (self.generation, ctstate, packet.iif, packet.local, decision)
             if direction == ORIGINAL:
-                memo.orig = seen
+                entry.memo_orig = seen
             else:
-                memo.reply = seen
+                entry.memo_reply = seen
         return decision
 
+    def tracked_plan(self, packet: Packet, now: float, ctstate: int, entry: CtEntry, direction: int) -> Plan:
+        """The plan for a packet of a tracked connection; False: walk literally.
+
+        Most such walks never read the destination (every check of kube-proxy's
+        table that does is behind `ct state new`), so one plan per binding shape
+        serves every connection, whichever service or client it belongs to: a
+        reply's destination is a client's address and port, so a plan keyed by
+        it would be built anew for every connection. Only when that plan reads
+        the destination is one built per destination address and port."""
+        dnat, snat = entry.dnat, entry.snat
+        if direction == ORIGINAL:
+            to = dnat[0] if dnat is not None else packet.dst
+        else:
+            to = entry.orig[1] if snat is not None else packet.dst
+        local = self.local.test
+        shape = (
+            ctstate,
+            direction,
+            packet.proto,
+            packet.local,
+            packet.iif,
+            dnat is not None,
+            snat is not None,
+            local(to),
+            local(packet.dst),
+        )
+        plan = self.any_destination.get(shape)
+        if plan is None:
+            plan = self.established_plan(packet, now, ctstate, entry, direction, shape[7], dst_known=False)
+            self.any_destination[shape] = plan
+        if plan is not False:
+            return plan
+        key = (ctstate, direction, packet.dst, packet.proto, packet.dport, packet.local, packet.iif, *shape[5:8])
+        plan = self.plans.get(key)
+        if plan is None:
+            plan = self.established_plan(packet, now, ctstate, entry, direction, shape[7], dst_known=True)
+            self.remember(key, plan)
+        return plan
+
     def established_plan(
-        self, packet: Packet, now: float, ctstate: int, entry: CtEntry, direction: int, to_local: bool
+        self, packet: Packet, now: float, ctstate: int, entry: CtEntry, direction: int, to_local: bool, dst_known: bool
     ) -> Plan:
         """Explored whole at once (an established packet's tree is small);
-        False when it reads an address the binding rewrote."""
+        False when it reads an address the binding rewrote or, unless
+        `dst_known`, the destination or a port. `to_local`: the binding's
+        translated destination is this host."""
         walk = Walk(self, packet, now, ctstate, entry, direction, oracle=[], src_known=False)
-        walk.abstract, walk.dst_local = True, to_local
+        walk.abstract, walk.to_local = True, to_local
+        if not dst_known:
+            walk.dst_local = self.local.test(packet.dst)
+            walk.dst = walk.dport = walk.sport = None  # type: ignore[assignment]
         try:
             return self.fill(self.expand(Pending(walk, _START)))
         except Unsupported:

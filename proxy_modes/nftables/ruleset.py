@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import syntax
 from .syntax import (
@@ -70,6 +71,23 @@ class BaseHook:
     policy: str = "accept"
 
 
+# Rules parsed by the fast path, by body text. Every node of a cluster renders
+# the same per-service rules, and a simulation routes through all of them: each
+# body is parsed once. Bounded (it is a cache); the IR is immutable, so sharing it is safe.
+_FAST_PARSED: dict[str, tuple[Expr, ...] | None] = {}
+FAST_PARSED_MAX = 400_000
+_UNPARSED: Any = object()
+
+
+def _parsed_fast(body: str) -> tuple[Expr, ...] | None:
+    found = _FAST_PARSED.get(body, _UNPARSED)
+    if found is _UNPARSED:
+        if len(_FAST_PARSED) >= FAST_PARSED_MAX:
+            _FAST_PARSED.clear()
+        found = _FAST_PARSED[body] = syntax.parse_rule_fast(body)
+    return found
+
+
 class Rule:
     """One rule: its body text (without the comment) and, parsed on demand, its expressions."""
 
@@ -84,7 +102,7 @@ class Rule:
     @property
     def exprs(self) -> tuple[Expr, ...]:
         if self._exprs is None:
-            fast = syntax.parse_rule_fast(self.body)
+            fast = _parsed_fast(self.body)
             if fast is not None:
                 self._exprs = fast
                 return fast

@@ -33,9 +33,9 @@ from nft_helpers import (
 
 from kubenetem.stats import chi_square
 from netem.addr import parse_ip
-from netem.conntrack import CLOSE_WAIT, INVALID, NONE, ORIGINAL, FlowCache, tcp_next_state
+from netem.conntrack import CLOSE_WAIT, INVALID, NONE, ORIGINAL, tcp_next_state
 from netem.errors import RulesetError
-from netem.packet import ACK, FIN, SYN, TCP, UDP, Packet
+from netem.packet import ACK, FIN, PSH, RST, SYN, TCP, UDP, Packet
 from proxy_modes.base import Verdict
 from proxy_modes.nftables import engine
 from proxy_modes.nftables.engine import CT_INVALID, CT_NEW, NftablesMode
@@ -680,7 +680,7 @@ def test_established_decisions_are_remembered_only_while_they_cannot_change() ->
     other = connect("10.0.0.9", 2000, "172.30.0.1", 12.0)
     assert m.route(other, 12.1).verdict is Verdict.DROP
     entry = m.conntrack.lookup(other[:5], 12.2)
-    assert entry is not None and isinstance(entry[0].data, FlowCache) and entry[0].data.orig is not None
+    assert entry is not None and entry[0].memo_orig is not None
     assert m.route(other, 12.2).verdict is Verdict.DROP
     # ... and forgotten with a new table (as a sync installs it: conntrack kept).
     m.engine.reset(engine.load_table(plain.replace("10.0.0.9", "10.0.0.8"), "plain.nft"))
@@ -698,3 +698,108 @@ def test_conntrack_timeouts_are_kube_proxys() -> None:
     entry = m.conntrack.lookup(packet("10.0.0.2", 1000, "172.30.0.41", 80)[:5], 1.0)
     assert entry is not None and entry[0].expires == 1.0 + 86400
     assert m.conntrack.timeouts.tcp[CLOSE_WAIT] == 3600
+
+
+GUARDED = """table ip kube-proxy {
+\tset blocked {
+\t\ttype ipv4_addr
+\t\telements = { 10.1.0.2 }
+\t}
+
+\tchain nat-prerouting {
+\t\ttype nat hook prerouting priority dstnat; policy accept;
+\t\tip daddr 172.30.0.1 meta l4proto tcp dnat to 10.1.0.1:80
+\t\tip daddr 172.30.0.2 meta l4proto tcp dnat to 10.1.0.2:80
+\t\tip daddr 172.30.0.3 meta l4proto tcp dnat to 10.1.0.3:80
+\t}
+
+\tchain filter-forward {
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tip daddr @blocked drop
+\t}
+}
+"""
+
+
+def test_a_remembered_rest_is_replayed_only_where_its_facts_hold() -> None:
+    """The rest of a plan's walk from a hook on is remembered with what it
+    read about the destination: 10.1.0.3 passes the same checks as 10.1.0.1
+    and is replayed; 10.1.0.2 is in @blocked and gets a walk (and a rest) of
+    its own."""
+    m, literal = NftablesMode(random.Random(3)), NftablesMode(random.Random(3))
+    for each in (m, literal):
+        each.load_capture(GUARDED, [parse_ip(NODE_IP)], "guarded.nft")
+    got = {}
+    for n, dst in enumerate(["172.30.0.1", "172.30.0.2", "172.30.0.3", "172.30.0.1"]):
+        p = packet("10.0.0.2", 1000 + n, dst, 80)
+        got[dst] = m.route(p, 0.0)
+        out, _ = literal.engine.walk(p, 0.0, CT_NEW)
+        assert got[dst] == out.decision, dst
+    assert got["172.30.0.2"].verdict is Verdict.DROP
+    assert got["172.30.0.1"].verdict is got["172.30.0.3"].verdict is Verdict.DNAT
+    # From the forward hook on: 10.1.0.1's rest (replayed for 10.1.0.3) and
+    # 10.1.0.2's; from postrouting on: one, which reads nothing. (From the
+    # first hook on: none, as a walk that DNATs is not remembered.)
+    variants = sorted(len(known) for known in m.engine.rests.values())
+    assert variants == [1, 2], m.engine.rests
+
+
+def test_tracked_packets_share_one_plan_per_binding_shape() -> None:
+    """Later packets of connections to every service and from every client
+    (a reply's destination is the client's address and port) use one plan
+    per binding shape: none is built per destination."""
+    m = mode(rich_services(), seed=6)
+    for n in range(40):
+        syn = packet(f"10.0.0.{2 + n % 7}", 3000 + n, ["172.30.0.41", "172.30.0.42", "172.30.0.43"][n % 3], 80)
+        d = m.route(syn, 0.0)
+        assert d.endpoint is not None
+        assert m.route(Packet(TCP, *d.endpoint, syn.src, syn.sport, flags=SYN | ACK), 0.1).established
+        assert m.route(syn._replace(flags=ACK), 0.2).verdict is Verdict.DNAT
+    assert all(key[0] == CT_NEW for key in m.engine.plans), [k for k in m.engine.plans if k[0] != CT_NEW]
+    assert len(m.engine.any_destination) <= 4
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_later_segments_route_as_the_literal_walk(seed: int) -> None:
+    """Whole connections, both sides, against conntrack's full update and the
+    literal walk: handshakes, then data, FIN, RST and retransmitted SYNs. The
+    commonest later packet (an ACK-class segment of an established, assured
+    connection) takes route()'s inlined conntrack update and remembered
+    decision; the conntrack table must end up exactly as the full update
+    leaves it."""
+    compiled, literal = mode(rich_services(), seed=seed), mode(rich_services(), seed=seed)
+    eng = literal.engine
+    rnd = random.Random(seed)
+    sources = ["10.0.0.2", "10.0.0.3", "10.180.0.4", EXT, NODE_IP]
+    targets = [("172.30.0.41", 80), ("172.30.0.42", 80), ("172.30.0.43", 80), (NODE_IP, 3001), ("172.30.0.99", 80)]
+    flows: list[Packet] = []
+    now = 0.0
+    for n in range(3000):
+        now += rnd.choice([0.01, 0.5, 3.0])
+        if flows and rnd.random() < 0.75:
+            old = rnd.choice(flows)
+            hit = eng.conntrack.lookup(old[:5], now)
+            if rnd.random() < 0.5 or hit is None:
+                p = old._replace(flags=rnd.choice([SYN, ACK, ACK, PSH | ACK, PSH | ACK, FIN | ACK, RST]))
+            else:
+                p = Packet(*hit[0].reply, flags=rnd.choice([SYN | ACK, ACK, PSH | ACK, PSH | ACK, FIN | ACK]))
+        else:
+            src, (dst, port) = rnd.choice(sources), rnd.choice(targets)
+            p = packet(src, 1024 + n, dst, port, local=src == NODE_IP)
+            flows.append(p)
+        a = compiled.route(p, now)
+        tracked = eng.conntrack.track(p[:5], p.flags, now)
+        if tracked is None:
+            opens = p.proto != TCP or tcp_next_state(ORIGINAL, p.flags, NONE) < INVALID
+            out, _ = eng.walk(p, now, CT_NEW if opens else CT_INVALID)
+            if opens:
+                eng.commit_new(p, out, now)
+            b = out.decision
+        elif not tracked[2]:
+            b = eng.walk(p, now, CT_INVALID)[0].decision
+        else:
+            entry, direction, valid = tracked
+            b = eng.walk(p, now, engine.tracked_ctstate(entry, direction, valid), entry, direction)[0].decision
+        assert a == b, (n, p)
+    assert compiled.rng.getstate() == literal.rng.getstate()
+    assert compiled.conntrack.dump(now) == literal.conntrack.dump(now)
