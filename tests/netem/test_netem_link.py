@@ -436,3 +436,40 @@ def test_a_clone_marked_ce_marks_its_original_too() -> None:
             pairs += 1
             assert originals[0] & CE or originals[0] & CORRUPTED
     assert pairs > 20
+
+
+@pytest.mark.parametrize(
+    "text", ["delay 1ms", "delay 1ms limit 7", "delay 1ms rate 5mbit 20 64 4 limit 10", "", "rate 20mbit -10"]
+)
+def test_a_steady_links_arrival_is_its_send(text: str) -> None:
+    """arrival() (the simulation's fast path) gives the one copy's time that
+    send() gives, None where send() gives nothing (the limit), and counts alike;
+    also with sends out of time order, as the simulation makes them."""
+    times = random.Random(text).choices(range(0, 3 * MS, 1000), k=1500)
+    times[::7] = sorted(times[::7])  # mostly unordered, partly ordered
+    by_send, by_arrival = link(text), link(text)
+    assert by_send.steady and by_arrival.steady
+    for i, t in enumerate(times):
+        sent = [(when, marks) for when, _, marks in by_send.send(pkt(i), t)]
+        when = by_arrival.arrival(pkt(i), t)
+        assert sent == ([] if when is None else [(when, 0)])
+    assert by_arrival.stats.overlimits == by_send.stats.overlimits
+    assert by_arrival.stats.packets == by_send.stats.packets
+    if "limit" in text:
+        assert by_send.stats.overlimits > 0  # the limit was reached: both sides of arrival() ran
+
+
+@pytest.mark.parametrize("text", ["delay 1ms 1ms", "delay 1ms loss 1%", "delay 1ms duplicate 1%", "slot 1ms 2ms"])
+def test_only_steady_links_answer_arrival(text: str) -> None:
+    lk = link(text)
+    assert not lk.steady
+    with pytest.raises(RuntimeError, match="steady"):
+        lk.arrival(pkt(0), 0)
+
+
+def test_a_link_driven_with_enqueue_is_no_longer_steady() -> None:
+    lk = link("delay 1ms")
+    lk.enqueue(pkt(0), 0)
+    assert not lk.steady
+    with pytest.raises(RuntimeError, match="steady"):
+        lk.arrival(pkt(1), 0)

@@ -138,6 +138,7 @@ class DropFirst:
     def __init__(self, link: Link, n: int) -> None:
         self.link, self.n = link, n
         self.stats = link.stats
+        self.steady = False  # the simulation asks send(), not arrival()
 
     def send(self, packet: Packet, now: int, ect: bool = False) -> list[tuple[int, Packet, int]]:
         if self.n:
