@@ -60,17 +60,16 @@ packet of their connection is lost (see "retransmission timers"). Each rule
 says when it is exact; otherwise every arrival and every timer is an event.
 A steady link (a fixed delay: the common "delay 1ms") answers with the
 arrival time alone (`Link.arrival`), and the cyclic garbage collector
-rests during a run (`_paused_gc`).
+rests during a run (`netem.gcpause.paused_gc`).
 """
 
 from __future__ import annotations
 
-import gc
-from contextlib import contextmanager
 from heapq import heappop, heappush
 from itertools import count
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from .gcpause import paused_gc
 from .link import CORRUPTED, Delivery, Link
 from .netem_spec import parse_netem
 from .packet import ACK, FIN, ICMP, PSH, RST, SYN, TCP, Flow, Packet
@@ -78,7 +77,7 @@ from .topology import BRIDGE, PodNet, Topology
 
 if TYPE_CHECKING:
     import random
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
 NS = 1_000_000_000
 MS = 1_000_000
@@ -417,10 +416,15 @@ class Sim:
     # --- the clock ----------------------------------------------------------------
 
     def run(self, until: int | None = None) -> None:
-        """Pop events in time order until none is left (or the next is after `until`).
-
-        The cyclic garbage collector is paused meanwhile (see `_paused_gc`)."""
-        with _paused_gc():
+        """Pop events in time order until none is left (or the next is after `until`)."""
+        # The cyclic collector rests for the run: it allocates many short-lived
+        # tuples and keeps what the modes learn, so CPython's generational
+        # collector would pass over it hundreds of times and walk every
+        # node's rule tables in each full pass (10-15% of a ten-node run,
+        # measured). Reference counting frees nearly everything as it goes;
+        # the only cycles, a user-space proxy's two legs, stay collectable
+        # (nothing is frozen).
+        with paused_gc(freeze=False):
             self._run(until)
 
     def _run(self, until: int | None) -> None:
@@ -1124,25 +1128,3 @@ class Sim:
 
 def _call(t: int, fn: Callable[[int], None], _a: object, _b: object) -> None:
     fn(t)
-
-
-@contextmanager
-def _paused_gc() -> Iterator[None]:
-    """The cyclic collector off for a run, back on (if it was) afterwards.
-
-    A run allocates many short-lived tuples and keeps what the modes learn
-    (conntrack entries, lazily compiled chains, records), so CPython's
-    generational collector would pass over it hundreds of times and walk
-    every node's rule tables in each full pass: 10-15% of a ten-node run,
-    measured. The only cycles a run makes are a user-space proxy's two
-    legs; reference counting frees everything else as it goes, and the
-    collector finds those once it runs again. Unlike `netem.gcpause`, nothing
-    is frozen: the legs must stay collectable.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
