@@ -36,7 +36,7 @@ from netem.addr import parse_ip
 from netem.conntrack import CLOSE_WAIT, INVALID, NONE, ORIGINAL, tcp_next_state
 from netem.errors import RulesetError
 from netem.packet import ACK, FIN, PSH, RST, SYN, TCP, UDP, Packet
-from proxy_modes.base import Verdict
+from proxy_modes.base import Decision, Verdict
 from proxy_modes.nftables import engine
 from proxy_modes.nftables.engine import CT_INVALID, CT_NEW, NftablesMode
 from proxy_modes.nftables.ruleset import dump_commands, list_ruleset
@@ -459,6 +459,17 @@ def test_node_to_local_nodeport_loops_back() -> None:
     assert d.verdict is Verdict.DNAT and d.masquerade
 
 
+def walk_untracked(eng: engine.Engine, p: Packet, now: float) -> Decision:
+    """The literal answer for a packet without a conntrack entry: a TCP
+    segment that cannot open a connection is ct state invalid; one that can
+    is walked as new and its connection committed."""
+    opens = p.proto != TCP or tcp_next_state(ORIGINAL, p.flags, NONE) < INVALID
+    out, _ = eng.walk(p, now, CT_NEW if opens else CT_INVALID)
+    if opens:
+        eng.commit_new(p, out, now)
+    return out.decision
+
+
 @pytest.mark.parametrize(("seed", "cache"), [(1, 200_000), (2, 200_000), (3, 5)])
 def test_compiled_plans_equal_the_literal_walk(seed: int, cache: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The hot path against the literal walk, packet by packet: the same
@@ -501,12 +512,7 @@ def test_compiled_plans_equal_the_literal_walk(seed: int, cache: int, monkeypatc
         a = compiled.route(p, now)
         hit = eng.conntrack.lookup(p[:5], now)
         if hit is None:
-            # A TCP segment that cannot open a connection is ct state invalid.
-            opens = p.proto != TCP or tcp_next_state(ORIGINAL, p.flags, NONE) < INVALID
-            out, _ = eng.walk(p, now, CT_NEW if opens else CT_INVALID)
-            if opens:
-                eng.commit_new(p, out, now)
-            b = out.decision
+            b = walk_untracked(eng, p, now)
         else:
             entry, direction = hit
             ctstate = engine.tracked_ctstate(entry, direction, eng.conntrack.update(entry, direction, p.flags, now))
@@ -790,11 +796,7 @@ def test_later_segments_route_as_the_literal_walk(seed: int) -> None:
         a = compiled.route(p, now)
         tracked = eng.conntrack.track(p[:5], p.flags, now)
         if tracked is None:
-            opens = p.proto != TCP or tcp_next_state(ORIGINAL, p.flags, NONE) < INVALID
-            out, _ = eng.walk(p, now, CT_NEW if opens else CT_INVALID)
-            if opens:
-                eng.commit_new(p, out, now)
-            b = out.decision
+            b = walk_untracked(eng, p, now)
         elif not tracked[2]:
             b = eng.walk(p, now, CT_INVALID)[0].decision
         else:
