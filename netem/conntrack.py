@@ -162,6 +162,15 @@ ASSURED = 0x4
 SRC_NAT = 0x10
 DST_NAT = 0x20
 
+# The commonest packet, for engines that inline it: a TCP segment of the ACK
+# class (`flags & ACK_CLASS_BITS == ACK`: no SYN, FIN or RST) on an
+# ESTABLISHED entry whose status has all of REPLIED_ASSURED leaves the entry
+# as it is except its timer, now + timeouts.tcp[ESTABLISHED]
+# (tcp_conntracks[dir][TCP_ACK_SET][ESTABLISHED] in both directions; see
+# _tcp_packet). Everything else goes through `update`.
+ACK_CLASS_BITS = SYN | FIN | RST | ACK
+REPLIED_ASSURED = SEEN_REPLY | ASSURED
+
 
 @dataclass(slots=True, eq=False)
 class CtEntry:

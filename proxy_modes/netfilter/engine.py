@@ -45,7 +45,18 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from netem.addr import MAX, int_to_ip
-from netem.conntrack import ASSURED, ORIGINAL, REPLY, SEEN_REPLY, Conntrack, CtEntry, tcp_next_state
+from netem.conntrack import (
+    ACK_CLASS_BITS,
+    DST_NAT,
+    ORIGINAL,
+    REPLIED_ASSURED,
+    REPLY,
+    SEEN_REPLY,
+    SRC_NAT,
+    Conntrack,
+    CtEntry,
+    tcp_next_state,
+)
 from netem.conntrack import ESTABLISHED as TCP_ESTABLISHED
 from netem.gcpause import paused_gc
 from netem.packet import ACK, TCP, Packet, format_flow, proto_name
@@ -395,9 +406,9 @@ class Netfilter:
         direction = ORIGINAL if entry.orig == flow else REPLY
         proto, _, _, _, _, local, iif, flags, _ = packet
         if (
-            flags & _ACK_CLASS == ACK
+            flags & ACK_CLASS_BITS == ACK
             and entry.state == TCP_ESTABLISHED
-            and entry.status & _REPLIED_ASSURED == _REPLIED_ASSURED
+            and entry.status & REPLIED_ASSURED == REPLIED_ASSURED
             and proto == TCP
         ):
             # Conntrack.update for the commonest packet, inlined: a segment of
@@ -781,9 +792,9 @@ class Netfilter:
             ctstate = CT_ESTABLISHED
         else:
             ctstate = CT_NEW
-        if entry.status & 0x20:
+        if entry.status & DST_NAT:
             ctstate |= CT_DNAT
-        if entry.status & 0x10:
+        if entry.status & SRC_NAT:
             ctstate |= CT_SNAT
         if steps is not None:
             steps.append(Step("conntrack", _entry_text(entry, direction)))
@@ -893,9 +904,7 @@ class Netfilter:
 # Whether a TCP segment with these flags can open a connection (conntrack's
 # table from NONE); one that cannot is INVALID and skips the nat table.
 _OPENS = tuple(tcp_next_state(ORIGINAL, flags, 0) < 10 for flags in range(256))
-_REPLIED_ASSURED = SEEN_REPLY | ASSURED
-_ACK_CLASS = 0x17  # SYN | FIN | RST | ACK: a segment is of the ACK class when only ACK of these is set
-_NAT_AND_REPLY = SEEN_REPLY | 0x10 | 0x20  # the status bits a later packet's filter walk depends on
+_NAT_AND_REPLY = SEEN_REPLY | SRC_NAT | DST_NAT  # the status bits a later packet's filter walk depends on
 
 
 def chain_policy(verdict: int) -> str:

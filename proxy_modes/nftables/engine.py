@@ -48,10 +48,11 @@ from typing import TYPE_CHECKING, Any
 
 from netem.addr import int_to_ip
 from netem.conntrack import (
-    ASSURED,
+    ACK_CLASS_BITS,
     INVALID,
     NONE,
     ORIGINAL,
+    REPLIED_ASSURED,
     REPLY,
     SEEN_REPLY,
     Conntrack,
@@ -106,8 +107,6 @@ from .syntax import (
 if TYPE_CHECKING:
     import random
 
-_REPLIED_ASSURED = SEEN_REPLY | ASSURED
-_ACK_CLASS = 0x17  # SYN | FIN | RST | ACK: a segment is of the ACK class when only ACK of these is set
 CT_NEW, CT_ESTABLISHED, CT_INVALID = CT_STATES["new"], CT_STATES["established"], CT_STATES["invalid"]
 FIB_UNICAST, FIB_LOCAL = 1, 2
 _MISSING = object()
@@ -1201,10 +1200,10 @@ class Engine:
         entry = conntrack.by_tuple.get(flow)
         if (
             entry is not None
-            and packet[7] & _ACK_CLASS == ACK
+            and packet[7] & ACK_CLASS_BITS == ACK
             and entry.expires > now
             and entry.state == TCP_ESTABLISHED
-            and entry.status & _REPLIED_ASSURED == _REPLIED_ASSURED
+            and entry.status & REPLIED_ASSURED == REPLIED_ASSURED
             and packet[0] == TCP
         ):
             # Conntrack.update for the commonest packet, inlined: a segment of
